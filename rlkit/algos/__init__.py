@@ -1,0 +1,5 @@
+"""Algorithms. `core` holds the pure RL math; one file per algorithm composes the stages."""
+
+from rlkit.algos import core
+
+__all__ = ["core"]
