@@ -1,0 +1,98 @@
+"""The `rlkit` command line: `rlkit demo`, `rlkit tiny-model` (and later `train`, `bench`).
+
+Each subcommand is one `_add_<name>` function that declares its arguments and
+sets `func`, the function `main` calls with the parsed arguments. Heavy imports
+happen inside those functions so that `rlkit --help` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+
+def _quiet_transformers() -> None:
+    # The CLI prints its own table; the per-call weight loading/saving progress bars are noise there.
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from rlkit.config import config_from_args
+    from rlkit.demo import run_demo
+
+    if args.config_path is None and args.preset is None:
+        args.preset = "arithmetic-tiny"
+    cfg = config_from_args(args)
+    _quiet_transformers()
+    run_demo(cfg, out_dir=args.out, num_prompts=args.num_prompts, show=args.show)
+    return 0
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    from rlkit.config import add_config_args
+
+    p = sub.add_parser(
+        "demo",
+        help="sample and score held-out prompts with a tiny (or given) model",
+        description="Build the tiny model of the config (default preset: arithmetic-tiny), sample answers for "
+        "held-out prompts, score them and print a table and the accuracy.",
+    )
+    add_config_args(p)
+    p.add_argument("--out", default="runs/demo", help="folder for the saved tiny model (default: runs/demo)")
+    p.add_argument("--num-prompts", type=int, default=64, help="eval prompts to sample (default: 64)")
+    p.add_argument("--show", type=int, default=16, help="rows of the table to print (default: 16)")
+    p.set_defaults(func=_run_demo)
+
+
+def _run_tiny_model(args: argparse.Namespace) -> int:
+    from rlkit.data.models import count_parameters, load_model_and_tokenizer, save_tiny_model
+
+    _quiet_transformers()
+    path = save_tiny_model(args.preset, args.out, seed=args.seed)
+    model, tokenizer = load_model_and_tokenizer(path)
+    print(f"saved {args.preset} ({count_parameters(model):,} parameters, {len(tokenizer)} tokens) to {path}")
+    return 0
+
+
+def _add_tiny_model(sub: argparse._SubParsersAction) -> None:
+    from rlkit.data.presets import TINY_PRESETS
+
+    presets = ", ".join(f"{name} (~{p.approx_params})" for name, p in TINY_PRESETS.items())
+    p = sub.add_parser(
+        "tiny-model",
+        help="write a tiny random model + char tokenizer folder (offline)",
+        description=f"Save a tiny model preset with the character tokenizer. Presets: {presets}.",
+    )
+    p.add_argument("preset", choices=list(TINY_PRESETS), help="tiny model preset")
+    p.add_argument("out", help="output folder (loadable with AutoModelForCausalLM.from_pretrained)")
+    p.add_argument("--seed", type=int, default=0, help="initialisation seed (default: 0)")
+    p.set_defaults(func=_run_tiny_model)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `rlkit` argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(prog="rlkit", description="RL for language models, from a notebook or a shell.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for add in (_add_demo, _add_tiny_model):
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `rlkit` script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, KeyError, FileNotFoundError) as err:
+        # Configuration and data errors already name the field / file / row: print them without a traceback.
+        print(f"rlkit {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

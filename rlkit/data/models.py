@@ -1,0 +1,165 @@
+"""Tiny Qwen2/Llama models built from configs, and the one loading path for real models.
+
+Tests and the demo never download: `save_tiny_model` writes a randomly
+initialised model (fixed seed) plus the character tokenizer into a folder that
+`AutoModelForCausalLM.from_pretrained` / `AutoTokenizer.from_pretrained` load
+like any hub checkpoint. Everything else in rlkit loads models through
+`load_model_and_tokenizer`, so a tiny folder and `"Qwen/Qwen2.5-0.5B-Instruct"`
+take the same code path.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    Qwen2Config,
+)
+
+from rlkit.data.presets import TINY_PRESETS, TinyModelPreset  # noqa: F401  (re-exported)
+from rlkit.data.tokenizer import build_char_tokenizer
+
+
+def tiny_model_config(
+    preset: str,
+    vocab_size: int,
+    *,
+    pad_token_id: int | None = None,
+    bos_token_id: int | None = None,
+    eos_token_id: int | None = None,
+) -> PretrainedConfig:
+    """The transformers config of a named preset (see `TINY_PRESETS`)."""
+    if preset not in TINY_PRESETS:
+        raise ValueError(f"unknown tiny model preset {preset!r}; choose one of {sorted(TINY_PRESETS)}")
+    if vocab_size <= 0:
+        raise ValueError(f"vocab_size must be positive, got {vocab_size}")
+    p = TINY_PRESETS[preset]
+    config_cls = {"qwen2": Qwen2Config, "llama": LlamaConfig}[p.arch]
+    return config_cls(
+        vocab_size=vocab_size,
+        hidden_size=p.hidden_size,
+        intermediate_size=p.intermediate_size,
+        num_hidden_layers=p.num_layers,
+        num_attention_heads=p.num_heads,
+        num_key_value_heads=p.num_kv_heads,
+        max_position_embeddings=p.max_positions,
+        tie_word_embeddings=p.tie_embeddings,
+        pad_token_id=pad_token_id,
+        bos_token_id=bos_token_id,
+        eos_token_id=eos_token_id,
+    )
+
+
+def build_tiny_model(
+    preset: str,
+    vocab_size: int,
+    seed: int = 0,
+    *,
+    pad_token_id: int | None = None,
+    bos_token_id: int | None = None,
+    eos_token_id: int | None = None,
+) -> PreTrainedModel:
+    """A randomly initialised fp32 model of a preset; the same `seed` gives bit-identical weights.
+
+    The global torch RNG is left untouched (initialisation runs under `fork_rng`),
+    so building a model inside a test does not shift the test's own random draws.
+    """
+    config = tiny_model_config(
+        preset, vocab_size, pad_token_id=pad_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    # generate() stops at EOS and pads finished rows with the pad token.
+    model.generation_config.pad_token_id = pad_token_id
+    model.generation_config.bos_token_id = bos_token_id
+    model.generation_config.eos_token_id = eos_token_id
+    return model.eval()
+
+
+def save_tiny_model(preset: str, path: str | os.PathLike, seed: int = 0) -> Path:
+    """Write a tiny model of `preset` and the char tokenizer into folder `path`; returns the path.
+
+    The folder loads with `AutoModelForCausalLM.from_pretrained(path)` and
+    `AutoTokenizer.from_pretrained(path)` (or `load_model_and_tokenizer(path)`).
+    """
+    tokenizer = build_char_tokenizer()
+    model = build_tiny_model(
+        preset,
+        len(tokenizer),
+        seed,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    """Number of distinct parameters (a tied embedding/LM head counts once)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def _looks_like_local_path(name: str) -> bool:
+    # Hub ids are "name" or "org/name"; anything absolute, relative-dotted, home-based
+    # or with more than one slash can only be meant as a local folder.
+    return name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
+
+
+def load_model_and_tokenizer(
+    path_or_hub_name: str | os.PathLike,
+    dtype: torch.dtype = torch.float32,
+    *,
+    tokenizer_path: str | os.PathLike | None = None,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal LM and its tokenizer from a local folder or a hub name (the real loading path).
+
+    - `dtype` is the parameter dtype (fp32 by default: FSDP2 keeps fp32 master
+      weights and casts for compute; pass torch.bfloat16 for inference-only roles).
+    - `tokenizer_path` defaults to the model path.
+    - A tokenizer without a pad token gets pad = eos (Llama-style checkpoints ship
+      none); rlkit masks padding explicitly, so the id only has to be valid.
+    Raises FileNotFoundError naming the path when a local path does not exist,
+    and ValueError when the tokenizer has ids beyond the model's embedding table.
+    """
+    name = os.fspath(path_or_hub_name)
+    tok_name = os.fspath(tokenizer_path) if tokenizer_path is not None else name
+    for label, value in (("model", name), ("tokenizer", tok_name)):
+        expanded = os.path.expanduser(value)
+        if not os.path.exists(expanded) and _looks_like_local_path(value):
+            raise FileNotFoundError(f"{label} path {value!r} does not exist (resolved to {os.path.abspath(expanded)})")
+    name, tok_name = os.path.expanduser(name), os.path.expanduser(tok_name)
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(tok_name)
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
+    except OSError as err:
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("TRANSFORMERS_OFFLINE") == "1"
+        hint = " (HF_HUB_OFFLINE=1 is set: only models already in the local cache can load)" if offline else ""
+        raise OSError(f"could not load model/tokenizer {name!r}{hint}: {err}") from err
+
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token_id is None:
+            raise ValueError(f"tokenizer of {tok_name!r} has neither a pad nor an eos token; rlkit needs one of them")
+        tokenizer.pad_token = tokenizer.eos_token
+
+    num_embeddings = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > num_embeddings:
+        raise ValueError(
+            f"tokenizer of {tok_name!r} has {len(tokenizer)} tokens but the model {name!r} embeds only "
+            f"{num_embeddings}: ids >= {num_embeddings} would index out of range. Use the tokenizer saved with "
+            "the model, or resize the model's embeddings first."
+        )
+    return model.eval(), tokenizer
