@@ -25,3 +25,18 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords and not has_cuda:
             item.add_marker(skip_gpu)
+
+
+# --- data ---
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """Folder with a saved `qwen2-tiny` model (seed 0, fp32, ~0.19M params) and the char tokenizer.
+
+    Shared by the whole session: treat it as read-only (copy it before changing it).
+    Load it with `rlkit.data.load_model_and_tokenizer(tiny_model_dir)` or the transformers Auto classes.
+    """
+    from rlkit.data.models import save_tiny_model
+
+    return save_tiny_model("qwen2-tiny", tmp_path_factory.mktemp("tiny_model") / "qwen2-tiny", seed=0)
