@@ -364,15 +364,7 @@ class Config:
     def from_yaml(cls, path_or_text: str | Path) -> Config:
         """Build from a YAML file (a Path, or a string naming an existing file or ending in .yaml/.yml) or YAML
         text. Missing keys take defaults."""
-        text, where = _read_yaml_source(path_or_text)
-        try:
-            d = yaml.load(text, Loader=_Loader)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"invalid YAML in {where}: {e}") from None
-        if d is None:
-            d = {}
-        if not isinstance(d, dict):
-            raise ConfigError(f"{where}: the top level must be a mapping of sections, got {type(d).__name__}")
+        d, where = _load_yaml(path_or_text)
         try:
             return cls.from_dict(d)
         except ConfigError as e:
@@ -383,53 +375,43 @@ class Config:
         """Raise ConfigError listing every bad field as `section.field = value: what is allowed`."""
         _check_types(self, fix=False)
         c = _Checker(self)
-        # model
-        c.one_of("model.dtype", ("auto", "float32", "bfloat16"))
-        c.one_of("model.attn_implementation", ("eager", "sdpa", "flash_attention_2"))
-        c.non_empty("model.preset")
-        # data
-        c.non_empty("data.source"), c.non_empty("data.prompt_key"), c.non_empty("data.answer_key")
-        c.at_least("data.digits", 1)
+        for key in ("data.digits", "data.train_size", "data.max_prompt_len", "rollout.prompts_per_step",
+                    "rollout.n", "rollout.max_new_tokens", "rollout.sync_bucket_mb", "rollout.vllm_tensor_parallel_size",
+                    "actor.total_steps", "actor.mini_batch_size", "actor.micro_batch_size", "actor.ppo_epochs",
+                    "critic.micro_batch_size", "cluster.nodes", "cluster.devices_per_node",
+                    "cluster.threads_per_worker", "cluster.num_cpus", "logging.log_every"):
+            c.at_least(key, 1)
+        for key in ("data.eval_size", "rollout.temperature", "rollout.top_k", "actor.warmup_steps",
+                    "actor.weight_decay", "actor.entropy_coef", "critic.warmup_steps", "algo.clip_high",
+                    "algo.kl_coef", "algo.lagrange_init", "algo.lagrange_lr", "algo.overlong_buffer",
+                    "algo.overlong_penalty", "logging.eval_every", "logging.save_every"):
+            c.at_least(key, 0)
+        for key in ("actor.lr", "critic.lr", "actor.grad_clip", "critic.grad_clip", "critic.value_clip",
+                    "algo.kl_target"):
+            c.greater(key, 0)
+        c.greater("algo.dual_clip", 1)  # dual-clip PPO needs c > 1 (Ye et al. 2020)
+        for key in ("rollout.top_p", "rollout.vllm_gpu_memory_utilization"):
+            c.check(key, lambda v: 0 < v <= 1, "must be in (0, 1]")
+        for key in ("algo.gamma", "algo.lam"):
+            c.check(key, lambda v: 0 <= v <= 1, "must be in [0, 1]")
+        c.check("algo.clip_low", lambda v: 0 <= v < 1, "must be in [0, 1)")
+        c.check("actor.betas", lambda v: all(0 <= b < 1 for b in v), "both betas must be in [0, 1)")
+        for key, choices in (("model.dtype", ("auto", "float32", "bfloat16")),
+                             ("model.attn_implementation", ("eager", "sdpa", "flash_attention_2")),
+                             ("rollout.engine", ("hf", "vllm")), ("actor.lr_schedule", ("constant", "cosine")),
+                             ("algo.loss_agg", _LOSS_AGG), ("algo.kl_kind", ("k1", "k2", "k3", "abs")),
+                             ("cluster.backend", ("ray", "local")), ("cluster.placement", ("colocate", "split", "auto")),
+                             ("cluster.device", ("auto", "cpu", "cuda")),
+                             ("logging.wandb_mode", ("online", "offline", "disabled"))):
+            c.one_of(key, choices)
+        for key in ("model.preset", "data.source", "data.prompt_key", "data.answer_key", "cluster.address",
+                    "logging.run_dir", "logging.run_name", "logging.wandb_project"):
+            c.non_empty(key)
         c.check("data.operators", lambda v: v != "" and set(v) <= set("+-*"),
                 'must be a non-empty string of operators among "+-*"')
-        c.at_least("data.train_size", 1), c.at_least("data.eval_size", 0), c.at_least("data.max_prompt_len", 1)
-        # rollout
-        c.one_of("rollout.engine", ("hf", "vllm"))
-        c.at_least("rollout.prompts_per_step", 1), c.at_least("rollout.n", 1)
-        c.at_least("rollout.temperature", 0), c.check("rollout.top_p", lambda v: 0 < v <= 1, "must be in (0, 1]")
-        c.at_least("rollout.top_k", 0), c.at_least("rollout.max_new_tokens", 1), c.at_least("rollout.sync_bucket_mb", 1)
         c.check("rollout.stop", lambda v: all(v), "stop strings must be non-empty")
-        c.check("rollout.vllm_gpu_memory_utilization", lambda v: 0 < v <= 1, "must be in (0, 1]")
-        c.at_least("rollout.vllm_tensor_parallel_size", 1)
-        # actor and critic
-        for s in ("actor", "critic"):
-            c.greater(f"{s}.lr", 0), c.at_least(f"{s}.warmup_steps", 0), c.greater(f"{s}.grad_clip", 0)
-            c.at_least(f"{s}.micro_batch_size", 1)
-        c.at_least("actor.weight_decay", 0)
-        c.check("actor.betas", lambda v: all(0 <= b < 1 for b in v), "both betas must be in [0, 1)")
-        c.one_of("actor.lr_schedule", ("constant", "cosine"))
-        c.at_least("actor.total_steps", 1), c.at_least("actor.mini_batch_size", 1), c.at_least("actor.ppo_epochs", 1)
-        c.at_least("actor.entropy_coef", 0), c.greater("critic.value_clip", 0)
-        # algo
         c.check("algo.name", lambda v: re.fullmatch(r"[a-z][a-z0-9_+\-]*", v) is not None,
                 "must be a lower-case algorithm name like 'grpo' or 'safe-rlhf'")
-        c.check("algo.gamma", lambda v: 0 <= v <= 1, "must be in [0, 1]")
-        c.check("algo.lam", lambda v: 0 <= v <= 1, "must be in [0, 1]")
-        c.check("algo.clip_low", lambda v: 0 <= v < 1, "must be in [0, 1)"), c.at_least("algo.clip_high", 0)
-        c.greater("algo.dual_clip", 1)
-        c.one_of("algo.loss_agg", _LOSS_AGG), c.one_of("algo.kl_kind", ("k1", "k2", "k3", "abs"))
-        c.at_least("algo.kl_coef", 0), c.greater("algo.kl_target", 0)
-        c.at_least("algo.lagrange_init", 0), c.at_least("algo.lagrange_lr", 0)
-        c.at_least("algo.overlong_buffer", 0), c.at_least("algo.overlong_penalty", 0)
-        # cluster and logging
-        c.one_of("cluster.backend", ("ray", "local")), c.one_of("cluster.placement", ("colocate", "split", "auto"))
-        c.one_of("cluster.device", ("auto", "cpu", "cuda"))
-        c.at_least("cluster.nodes", 1), c.at_least("cluster.devices_per_node", 1)
-        c.at_least("cluster.threads_per_worker", 1), c.at_least("cluster.num_cpus", 1)
-        c.non_empty("cluster.address")
-        c.non_empty("logging.run_dir"), c.non_empty("logging.run_name"), c.non_empty("logging.wandb_project")
-        c.one_of("logging.wandb_mode", ("online", "offline", "disabled"))
-        c.at_least("logging.log_every", 1), c.at_least("logging.eval_every", 0), c.at_least("logging.save_every", 0)
         c.raise_if_any()  # cross-field checks below assume each field is in range
 
         a, r = self.actor, self.rollout
@@ -475,11 +457,10 @@ _ARITH_TINY: dict[str, Any] = {
     "actor": {"lr": 1e-3, "mini_batch_size": 32, "micro_batch_size": 16, "grad_clip": 1.0},
     "critic": {"lr": 1e-3, "micro_batch_size": 16},
     "algo": {"name": "grpo", "kl_coef": 0.001},
-    "logging": {"run_name": None},
 }
 
 PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
-    "arithmetic-tiny": ("qwen2-tiny (~0.2M params) on 2-digit addition, GRPO, 16 prompts x 4 samples; ~1-2 s/step on CPU",
+    "arithmetic-tiny": ("qwen2-tiny (~0.2M params) on 2-digit addition, GRPO, 16 prompts x 4 samples (sized for seconds per step on CPU)",
                         _ARITH_TINY),
     "arithmetic-1m": ("the 1M benchmark model (qwen2-1m) on 2-digit addition, GRPO, 32 prompts x 8 samples",
                       _ARITH_TINY | {
@@ -672,14 +653,23 @@ _Loader.add_implicit_resolver(
     list("-+0123456789"))
 
 
-def _read_yaml_source(src: str | Path) -> tuple[str, str]:
-    """(text, description for errors) of a path or YAML text."""
+def _load_yaml(src: str | Path) -> tuple[dict, str]:
+    """(top-level mapping, description for errors) of a YAML file or YAML text."""
+    where = "YAML text"
     if isinstance(src, Path) or ("\n" not in src and (src.endswith((".yaml", ".yml")) or Path(src).is_file())):
         path = Path(src)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
-        return path.read_text(), str(path)
-    return src, "YAML text"
+        src, where = path.read_text(), str(path)
+    try:
+        d = yaml.load(src, Loader=_Loader)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"invalid YAML in {where}: {e}") from None
+    if d is None:  # an empty file: all defaults
+        d = {}
+    if not isinstance(d, dict):
+        raise ConfigError(f"{where}: the top level must be a mapping of sections, got {type(d).__name__}")
+    return d, where
 
 
 def _dump(obj: Any) -> str:
@@ -740,10 +730,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
     """Build the Config described by the arguments of `add_config_args`."""
     cfg = Config.preset(args.preset) if getattr(args, "preset", None) else Config()
     if getattr(args, "config_path", None):
-        text, where = _read_yaml_source(Path(args.config_path))
-        d = yaml.load(text, Loader=_Loader) or {}
-        if not isinstance(d, dict):
-            raise ConfigError(f"{where}: the top level must be a mapping of sections, got {type(d).__name__}")
+        d, where = _load_yaml(Path(args.config_path))
         try:
             cfg = cfg.override(d)
         except ConfigError as e:

@@ -320,3 +320,8 @@ def test_cli_errors_name_the_key_or_the_file(tmp_path):
     bad.write_text("actor:\n  lrr: 1.0\n")
     with pytest.raises(ConfigError, match=r"bad\.yaml: unknown key 'actor\.lrr'"):
         _cli([str(bad)])
+    bad.write_text("actor: [1, 2\n")
+    with pytest.raises(ConfigError, match=r"invalid YAML in .*bad\.yaml"):
+        _cli([str(bad)])
+    with pytest.raises(ConfigError, match=r"config file not found: .*nope\.yaml"):
+        _cli([str(tmp_path / "nope.yaml")])
