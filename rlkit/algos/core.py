@@ -22,6 +22,7 @@ Divergence", 2020, http://joschu.net/blog/kl-approx.html).
 from __future__ import annotations
 
 import math
+
 import torch
 from torch import Tensor
 
@@ -75,10 +76,11 @@ def logprobs_from_logits(logits: Tensor, ids: Tensor) -> Tensor:
     """Log-probability of `ids` under `logits`: `log_softmax(logits)[ids]`.
 
     logits `(B, T, V)` (any leading dims), ids `(B, T)` long -> `(B, T)`.
-    Memory: never materialises a second `(B, T, V)` log-softmax for autograd. fp32/fp64 use
-    `gather - logsumexp` (backward needs only the logits, already held). bf16/fp16 are too coarse
-    for log-probs (ratios of them drive PPO), so they go row by row through float32 and the
-    result is float32.
+    Memory: fp32/fp64 use `gather - logsumexp`, so autograd keeps no second `(B, T, V)` tensor
+    (backward needs only the logits, already held). bf16/fp16 are too coarse for log-probs (PPO
+    ratios are built from them): they go through float32 in chunks of 1024 positions, which
+    bounds the extra memory without grad (old/ref log-probs); under grad the float32 chunks are
+    kept for backward. The result is then float32.
     """
     if logits.shape[:-1] != ids.shape:
         raise ValueError(f"logprobs_from_logits: logits {tuple(logits.shape)} do not match ids {tuple(ids.shape)}")
@@ -95,7 +97,10 @@ def logprobs_from_logits(logits: Tensor, ids: Tensor) -> Tensor:
 
 
 def entropy_from_logits(logits: Tensor) -> Tensor:
-    """Entropy of the categorical `softmax(logits)`: `logsumexp(z) - sum(p * z)`. `(B, T, V) -> (B, T)`."""
+    """Entropy of the categorical `softmax(logits)`: `logsumexp(z) - sum(p * z)`. `(B, T, V) -> (B, T)`.
+
+    Logits must be finite (a -inf logit gives 0 * -inf = nan); bf16/fp16 are computed in float32.
+    """
     logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
     probs = torch.softmax(logits, dim=-1)
     return torch.logsumexp(logits, dim=-1) - (probs * logits).sum(-1)
@@ -148,8 +153,7 @@ def aggregate(
     _check_mode(mode)
     mask = response_mask.to(loss.dtype)
     if mode == "token-mean":
-        count = mask.sum() if global_tokens is None else torch.as_tensor(global_tokens, dtype=loss.dtype)
-        return masked_sum(loss, mask) / count.clamp_min(1)
+        return masked_sum(loss, mask) / _count(mask.sum(), global_tokens)
     seq_sum = masked_sum(loss, mask, dim=-1)  # (B,)
     if mode == "seq-mean-token-mean":
         seq_loss = seq_sum / mask.sum(-1).clamp_min(1)
@@ -158,8 +162,14 @@ def aggregate(
     else:
         seq_loss = seq_sum
     valid_seqs = mask.sum(-1) > 0
-    count = valid_seqs.sum().to(loss.dtype) if global_seqs is None else torch.as_tensor(global_seqs, dtype=loss.dtype)
-    return masked_sum(seq_loss, valid_seqs) / count.clamp_min(1)
+    return masked_sum(seq_loss, valid_seqs) / _count(valid_seqs.sum().to(loss.dtype), global_seqs)
+
+
+def _count(local: Tensor, global_count: float | None) -> Tensor:
+    """The divisor: the global count when the worker gives one, else the local one; at least 1."""
+    if global_count is not None:
+        local = torch.as_tensor(global_count, dtype=local.dtype, device=local.device)
+    return local.clamp_min(1)
 
 
 def _check_mode(mode: str) -> None:
@@ -291,7 +301,7 @@ def lagrange_update(
 
     Plain (default): `max(0, lam + lr (J_C - d))`, projected onto lam >= 0; it can reach 0 and
     grow back. `log_space=True` follows the paper (Dai et al. 2023, sec. 3.3):
-    `ln lam <- ln lam + lr lam (J_C - d)`, which keeps lam > 0 but can never leave 0.
+    `ln lam <- ln lam + lr lam (J_C - d)`: lam stays positive, but a lam of 0 stays 0.
     `mean_cost` is the batch mean cost J_C, `cost_limit` the threshold d.
     """
     violation = float(mean_cost) - float(cost_limit)
@@ -449,13 +459,13 @@ def ppo_policy_loss(
         dual_clipped = (advantages < 0) & (loss > bound)
         loss = torch.where(dual_clipped, bound, loss)
     with torch.no_grad():
-        valid = response_mask.bool()
         stats = {
             "clipfrac": masked_mean((loss_clipped > loss_unclipped).float(), response_mask),
             "dual_clipfrac": masked_mean(dual_clipped.float(), response_mask),
             "approx_kl": masked_mean(torch.expm1(log_ratio) - log_ratio, response_mask),
             "ratio_mean": masked_mean(ratio, response_mask),
-            "ratio_max": ratio[valid].max() if valid.any() else ratio.new_zeros(()),
+            # ratios are > 0, so a 0 on padding never wins; no boolean indexing (a device sync)
+            "ratio_max": torch.where(response_mask.bool(), ratio, torch.zeros_like(ratio)).max(),
         }
     return aggregate(loss, response_mask, agg, **agg_kwargs), stats
 
@@ -520,7 +530,10 @@ def value_loss(
         err_clip = (v_clip - returns) ** 2
         loss, clipped = 0.5 * torch.maximum(err, err_clip), err_clip > err
     with torch.no_grad():
-        stats = {"clipfrac": masked_mean(clipped.float(), response_mask), "value_mean": masked_mean(values, response_mask)}
+        stats = {
+            "clipfrac": masked_mean(clipped.float(), response_mask),
+            "value_mean": masked_mean(values, response_mask),
+        }
     return aggregate(loss, response_mask, agg, **agg_kwargs), stats
 
 
