@@ -46,7 +46,7 @@ RESPONSE_FIELDS = (  # (B, T), right-padded, aligned with response_ids
     "advantages",
     "returns",
 )
-ROW_FIELDS = ("scores", "costs", "group_id")  # (B,)
+ROW_FIELDS = ("scores", "costs", "baseline_scores", "group_id")  # (B,)
 TEXT_FIELDS = ("prompt_text", "response_text", "ground_truth")  # list of B entries
 TENSOR_FIELDS = PROMPT_FIELDS + RESPONSE_FIELDS + ROW_FIELDS
 ALL_FIELDS = TENSOR_FIELDS + TEXT_FIELDS
@@ -77,6 +77,7 @@ class Batch:
     # --- per row: (B,) ---
     scores: Optional[torch.Tensor] = None  # (B,) float: sequence-level reward (reward fn or reward model)
     costs: Optional[torch.Tensor] = None  # (B,) float: sequence-level cost (Safe-RLHF cost model)
+    baseline_scores: Optional[torch.Tensor] = None  # (B,) float: score of the prompt's greedy response (ReMax baseline)
     group_id: Optional[torch.Tensor] = None  # (B,) long: index of the prompt a row was sampled from (GRPO/RLOO groups)
 
     # --- per-row non-tensor data: lists of B entries, sliced with their rows ---
