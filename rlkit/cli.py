@@ -90,7 +90,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except (ValueError, KeyError, FileNotFoundError) as err:
         # Configuration and data errors already name the field / file / row: print them without a traceback.
-        print(f"rlkit {args.command}: error: {err}", file=sys.stderr)
+        # KeyError's str() wraps the message in quotes: print its argument instead
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"rlkit {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 
