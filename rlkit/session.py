@@ -34,6 +34,7 @@ class Session:
         self.backend: str = backend or getattr(cluster, "backend", None) or "ray"
         """"ray" or "local"."""
         address = address if address is not None else (getattr(cluster, "address", None) or None)
+        num_cpus = num_cpus if num_cpus is not None else getattr(cluster, "num_cpus", None)
         self.runtime = ClusterRuntime.acquire(self.backend, address, num_cpus, cluster=cluster)
         """The cluster lifecycle: Ray start/join/shutdown, and every pool and worker group made under it."""
 

@@ -40,3 +40,22 @@ def tiny_model_dir(tmp_path_factory):
     from rlkit.data.models import save_tiny_model
 
     return save_tiny_model("qwen2-tiny", tmp_path_factory.mktemp("tiny_model") / "qwen2-tiny", seed=0)
+
+
+# --- cluster ---
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """ONE local Ray cluster for the whole test run (8 logical CPU slots on any machine).
+
+    Ray start-up (~7 s) is paid once. Make worker groups on it with `rlkit.cluster`
+    (`ResourcePool(nodes=1, devices_per_node=2)` + `WorkerGroup(...)`), close them in your
+    own fixtures; everything still open is freed when the run ends. Yields the
+    `rlkit.cluster.ClusterRuntime` that owns the cluster.
+    """
+    from rlkit.cluster import ClusterRuntime
+
+    runtime = ClusterRuntime(num_cpus=8).start()
+    yield runtime
+    runtime.close()

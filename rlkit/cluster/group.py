@@ -81,6 +81,10 @@ class WorkerGroup:
     `torch.distributed`. `backend="local"`: the roles are objects in this process, world
     size 1 whatever the pool says, so `breakpoint()` works in worker code. The same role
     classes run on both.
+
+    `threads_per_worker`: torch intra-op threads of each rank's process; None gives each
+    rank its node's cores divided by `devices_per_node` (ray), or leaves this process's
+    setting alone (local).
     """
 
     def __init__(

@@ -32,7 +32,7 @@ class ResourcePool:
     device: DeviceKind = "auto"
     """"cuda" (one GPU per slot), "cpu", or "auto" (cuda when the cluster has GPUs)."""
     cpus_per_device: float = 1.0
-    """Logical Ray CPUs reserved per slot (also the default torch thread count of a worker)."""
+    """Logical Ray CPUs reserved per slot (scheduling only: torch threads are `threads_per_worker`)."""
     name: str = ""
     """Optional label used in placement group names and error messages."""
     placement_timeout_s: float = 60.0

@@ -55,7 +55,7 @@ class RayBackend:
         self.pool = pool
         self.label = label
         self.world_size = pool.world_size
-        self.threads = threads_per_worker if threads_per_worker is not None else max(1, int(pool.cpus_per_device))
+        self.threads = threads_per_worker  # None: the node's cores divided among its ranks (set in start)
         self.actors: list = []
         self.pids: list[int] = []
         self.node_ids: list[str] = []
@@ -96,6 +96,9 @@ class RayBackend:
         port = self._wait_all("free_port", [self.actors[0].free_port.remote()])[0]
         init_method = f"tcp://{infos[0]['address']}:{port}"
         dpn = self.pool.devices_per_node
+        if self.threads is None:
+            # The node's cores divided among the group's ranks on it (Ray would leave torch at 1 thread).
+            self.threads = max(1, min(info["cores"] for info in infos) // dpn)
         contexts = []
         for rank, info in enumerate(infos):
             local_rank = rank % dpn

@@ -66,6 +66,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity, else the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def node_address() -> str:
     """This node's IP address as other nodes of the Ray cluster reach it."""
     try:
@@ -91,7 +99,8 @@ class RankHost:
 
         node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
         gpu_ids = [int(g) for g in ray.get_gpu_ids()] if ray.is_initialized() else []
-        return {"address": node_address(), "node_id": node_id, "pid": os.getpid(), "gpu_ids": gpu_ids}
+        return {"address": node_address(), "node_id": node_id, "pid": os.getpid(), "gpu_ids": gpu_ids,
+                "cores": usable_cores()}
 
     def free_port(self) -> int:
         return free_port()
