@@ -1,0 +1,80 @@
+"""DAPO (Yu et al. 2025, "DAPO: an open-source LLM RL system at scale", Alg. 1).
+
+GRPO plus four changes: clip-higher (`clip_high` 0.28 > `clip_low` 0.2, keeps
+exploration alive), dynamic sampling (groups whose samples all score the same
+carry no gradient: drop them and sample more prompts until the batch is full),
+token-level loss (token-mean over the whole batch), and overlong reward shaping
+(a linear penalty over the last `algo.overlong_buffer` tokens before the length
+limit). DAPO drops the KL term; `algo.kl_coef` still adds one if set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from rlkit.algos import core
+from rlkit.algos.losses import PolicyLoss
+from rlkit.batch import Batch
+
+
+@dataclass
+class DAPO:
+    cfg: object
+    clip_high: float = 0.28
+    max_rounds: int = 4
+    """Dynamic sampling gives up after this many extra rollouts and trains on what it has."""
+    name: str = "dapo"
+    uses_critic: bool = False
+    uses_reference: bool = field(init=False)
+    actor_loss: PolicyLoss = field(init=False)
+
+    def __post_init__(self):
+        self.uses_reference = self.cfg.algo.kl_coef > 0
+        self.actor_loss = PolicyLoss.from_config(self.cfg, clip_high=self.clip_high, agg="token-mean")
+
+    def generate(self, s, prompts):
+        batch = s.score(s.rollout(prompts))
+        if not self.cfg.algo.dynamic_sampling:
+            return batch
+        wanted = len(prompts)
+        kept = self._informative(batch)
+        for _ in range(self.max_rounds):
+            if _num_groups(kept) >= wanted:
+                break
+            more = self._informative(s.score(s.rollout(s.next_prompts())))
+            more = more.replace(group_id=more.group_id + int(kept.group_id.max()) + 1 if len(kept) else more.group_id)
+            kept = Batch.concat([kept, more]) if len(kept) else more
+        return _first_groups(kept, wanted) if _num_groups(kept) >= wanted else kept
+
+    @staticmethod
+    def _informative(batch):
+        return batch.select(torch.nonzero(core.groups_with_variance(batch.scores, batch.group_id)).flatten())
+
+    def prepare(self, s, batch):
+        if batch.scores is None:
+            batch = s.score(batch)
+        if self.cfg.algo.overlong_buffer:
+            lengths = batch.response_mask.sum(-1)
+            penalty = core.overlong_penalty(
+                lengths, self.cfg.rollout.max_new_tokens, self.cfg.algo.overlong_buffer, self.cfg.algo.overlong_penalty
+            )
+            batch = batch.replace(scores=batch.scores + penalty.to(batch.scores.dtype))
+        batch = s.compute_old_logprobs(batch)
+        if self.uses_reference:
+            batch = s.compute_ref_logprobs(batch)
+        adv = core.grpo_advantages(batch.scores, batch.group_id, batch.response_mask)
+        return batch.replace(advantages=adv)
+
+
+def _num_groups(batch) -> int:
+    return 0 if len(batch) == 0 else int(torch.unique(batch.group_id).numel())
+
+
+def _first_groups(batch, count: int):
+    keep = torch.unique(batch.group_id)[:count]
+    return batch.select(torch.nonzero(torch.isin(batch.group_id, keep)).flatten())
+
+
+ALGORITHM = DAPO

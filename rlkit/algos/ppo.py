@@ -1,0 +1,57 @@
+"""PPO for language models (Ouyang et al. 2022 / Ziegler et al. 2019; HybridFlow Fig. 5's 8 lines).
+
+A critic estimates per-token values; the reward is the sequence score on the last
+response token minus `kl_coef * KL(pi_old || pi_ref)` on every token (k1, as a
+reward penalty, with a fixed or adaptive coefficient: `algo.kl_target`); GAE
+(Schulman et al. 2016) gives advantages (whitened over the batch) and returns,
+which the critic regresses to with a clipped value loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from rlkit.algos import core
+from rlkit.algos.losses import PolicyLoss
+
+
+@dataclass
+class PPO:
+    cfg: object
+    name: str = "ppo"
+    uses_critic: bool = True
+    uses_reference: bool = field(init=False)
+    actor_loss: PolicyLoss = field(init=False)
+    kl_ctl: object = field(init=False)
+
+    def __post_init__(self):
+        algo = self.cfg.algo
+        self.uses_reference = algo.kl_coef > 0
+        self.actor_loss = PolicyLoss.from_config(self.cfg, kl_coef=0.0)  # KL lives in the reward
+        if algo.kl_target is None:
+            self.kl_ctl = core.FixedKLController(algo.kl_coef)
+        else:
+            self.kl_ctl = core.AdaptiveKLController(algo.kl_coef, algo.kl_target, horizon=10_000)
+
+    def prepare(self, s, batch):
+        batch = s.score(batch)
+        batch = s.compute_old_logprobs(batch)
+        batch = s.compute_values(batch)
+        kl = None
+        if self.uses_reference:
+            batch = s.compute_ref_logprobs(batch)
+            kl = core.kl_penalty(batch.old_logprobs, batch.ref_logprobs, "k1")  # (B, T)
+        rewards = core.kl_reward(batch.scores, batch.response_mask, kl=kl, coef=self.kl_ctl.value)
+        adv, ret = core.gae(rewards, batch.values, batch.response_mask, self.cfg.algo.gamma, self.cfg.algo.lam)
+        adv = core.masked_whiten(adv, batch.response_mask)
+        return batch.replace(token_rewards=rewards, advantages=adv, returns=ret)
+
+    def after_learn(self, s, batch, stats):
+        if batch.ref_logprobs is None:
+            return {}
+        kl = core.masked_mean(core.kl_penalty(batch.old_logprobs, batch.ref_logprobs, "k1"), batch.response_mask)
+        self.kl_ctl.update(float(kl), len(batch))
+        return {"actor/kl_coef": self.kl_ctl.value}
+
+
+ALGORITHM = PPO

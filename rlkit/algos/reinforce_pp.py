@@ -1,0 +1,41 @@
+"""REINFORCE++ (Hu 2025, "REINFORCE++: a simple and efficient approach", §3).
+
+No critic and no groups: the reward is the score on the last token minus a per-token
+KL penalty (k1, `algo.kl_coef`); the advantage is the discounted return-to-go,
+whitened over all valid tokens of the batch (global batch normalisation). The
+update is PPO's clipped surrogate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from rlkit.algos import core
+from rlkit.algos.losses import PolicyLoss
+
+
+@dataclass
+class ReinforcePP:
+    cfg: object
+    name: str = "reinforce_pp"
+    uses_critic: bool = False
+    uses_reference: bool = field(init=False)
+    actor_loss: PolicyLoss = field(init=False)
+
+    def __post_init__(self):
+        self.uses_reference = self.cfg.algo.kl_coef > 0
+        self.actor_loss = PolicyLoss.from_config(self.cfg, kl_coef=0.0)  # KL lives in the reward
+
+    def prepare(self, s, batch):
+        batch = s.score(batch)
+        batch = s.compute_old_logprobs(batch)
+        kl = None
+        if self.uses_reference:
+            batch = s.compute_ref_logprobs(batch)
+            kl = core.kl_penalty(batch.old_logprobs, batch.ref_logprobs, "k1")
+        rewards = core.kl_reward(batch.scores, batch.response_mask, kl=kl, coef=self.cfg.algo.kl_coef)
+        adv, ret = core.reinforce_pp_advantages(rewards, batch.response_mask, gamma=self.cfg.algo.gamma)
+        return batch.replace(token_rewards=rewards, advantages=adv, returns=ret)
+
+
+ALGORITHM = ReinforcePP
