@@ -17,7 +17,7 @@ import torch
 
 from rlkit.config import Config
 from rlkit.data.arithmetic import arithmetic_reward, score_texts
-from rlkit.data.datasets import BUILTIN_TASKS, decode_responses, encode_prompts, load_prompt_dataset
+from rlkit.data.datasets import decode_responses, encode_prompts, load_prompt_split
 from rlkit.data.models import load_model_and_tokenizer, save_tiny_model
 
 
@@ -71,13 +71,8 @@ def run_demo(
 
     # 2. held-out prompts
     d = cfg.data
-    task_kwargs = (
-        {"digits": d.digits, "operators": tuple(d.operators), "seed": d.seed} if d.source in BUILTIN_TASKS else None
-    )
-    rows = load_prompt_dataset(
-        d.source, d.prompt_key, d.answer_key, split="eval", num_rows=num_prompts, task_kwargs=task_kwargs
-    )
-    prompts, truths = rows["prompt"], rows["ground_truth"]
+    rows = load_prompt_split(d, "eval", num_rows=num_prompts)
+    prompts, truths = list(rows["prompt"]), list(rows["ground_truth"])  # datasets 5 returns lazy Columns
     prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts, d.max_prompt_len, chat_template=d.use_chat_template)
 
     # 3. sample with a fixed seed, without disturbing the caller's RNG

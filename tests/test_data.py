@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from rlkit.data.arithmetic import ArithmeticTask, arithmetic_cost, arithmetic_reward, score_texts, solve
-from rlkit.data.datasets import decode_responses, encode_prompts, load_prompt_dataset
+from rlkit.data.datasets import decode_responses, encode_prompts, load_prompt_dataset, load_prompt_split
 from rlkit.data.tokenizer import CHARACTERS, SPECIAL_TOKENS, build_char_tokenizer
 
 
@@ -246,6 +246,49 @@ def test_bad_row_in_dataset_and_bad_json(tmp_path):
     path.write_text('{"prompt": "1+2=", "ground_truth": "3"}\n{"prompt": oops}\n')
     with pytest.raises(ValueError, match=r"line 2 of file .*broken\.jsonl.* not valid JSON"):
         load_prompt_dataset(path)
+
+
+def _data_cfg(**fields):
+    from rlkit.config import Config
+
+    return Config().override({f"data.{k}": v for k, v in fields.items()}).data
+
+
+def test_load_prompt_split_builtin_task_follows_config():
+    data = _data_cfg(digits=2, operators="+-", seed=9, train_size=300, eval_size=40)
+    train, evals = load_prompt_split(data, "train"), load_prompt_split(data, "eval")
+    assert (len(train), len(evals)) == (300, 40)
+    assert not set(train["prompt"]) & set(evals["prompt"])
+    assert {p[2] for p in train["prompt"]} == {"+", "-"}
+    assert evals["prompt"] == [p["prompt"] for p in ArithmeticTask(2, ("+", "-"), seed=9).problems(40, "eval")]
+    assert len(load_prompt_split(data, "eval", num_rows=5)) == 5
+
+
+def test_load_prompt_split_holds_out_rows_of_one_file(tmp_path):
+    rows = [{"prompt": f"{i}+0=", "ground_truth": str(i)} for i in range(20)]
+    path = _write_jsonl(tmp_path / "all.jsonl", rows)
+    data = _data_cfg(source=str(path), eval_size=6, train_size=100, seed=1)
+    train, evals = load_prompt_split(data, "train"), load_prompt_split(data, "eval")
+    assert (len(train), len(evals)) == (14, 6)
+    assert sorted(list(train["prompt"]) + list(evals["prompt"])) == sorted(r["prompt"] for r in rows)
+    assert load_prompt_split(data, "eval")["prompt"] == evals["prompt"]  # seeded: the same held-out rows
+    assert evals["prompt"] != [r["prompt"] for r in rows[:6]]  # shuffled, not the file's head
+    with pytest.raises(ValueError, match="eval_size=20 holds them all out"):
+        load_prompt_split(_data_cfg(source=str(path), eval_size=20), "train")
+
+
+def test_dataset_folders_and_named_splits(tmp_path):
+    dd = datasets.DatasetDict(
+        {"train": datasets.Dataset.from_list(ROWS), "validation": datasets.Dataset.from_list(ROWS[:1])}
+    )
+    dd.save_to_disk(str(tmp_path / "dd"))
+    datasets.Dataset.from_list(ROWS).save_to_disk(str(tmp_path / "single"))
+    data = _data_cfg(source=str(tmp_path / "dd"), prompt_key="question", answer_key="answer")
+    assert load_prompt_split(data, "train")["prompt"] == ["1+2=", "10+20="]
+    assert load_prompt_split(data, "eval")["prompt"] == ["1+2="]  # "eval" falls back to "validation"
+    assert len(load_prompt_dataset(tmp_path / "single", "question", "answer")) == 2
+    with pytest.raises(KeyError, match=r"folder .*dd.* has splits \['train', 'validation'\]"):
+        load_prompt_dataset(tmp_path / "dd", "question", "answer", split="test")
 
 
 # --- encode / decode ---

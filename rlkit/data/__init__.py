@@ -27,6 +27,7 @@ _LAZY = {
     "score_texts": "rlkit.data.arithmetic",
     # datasets.py
     "load_prompt_dataset": "rlkit.data.datasets",
+    "load_prompt_split": "rlkit.data.datasets",
     "encode_prompts": "rlkit.data.datasets",
     "decode_responses": "rlkit.data.datasets",
 }

@@ -45,8 +45,10 @@ def load_prompt_dataset(
         (digits, operators, seed, ...). The two splits never share a prompt.
       - a path to a `.jsonl` / `.json` (one object per line) or `.parquet` file;
         a file is one split, so `split` is ignored.
+      - a folder written by `Dataset.save_to_disk` / `DatasetDict.save_to_disk`.
       - a `datasets.Dataset` (one split, `split` ignored) or `datasets.DatasetDict`
         (`split` picks the member).
+      - any other string is a hub dataset name for `datasets.load_dataset` (`split` picks the member).
     prompt_key / answer_key: the source's column names; `answer_key=None` for
     prompts without a reference answer (reward-model tasks): ground_truth is "".
     num_rows: keep the first `num_rows` rows (files and datasets too).
@@ -62,31 +64,60 @@ def load_prompt_dataset(
     if task_kwargs:
         raise ValueError(f"task_kwargs are only for the built-in tasks {BUILTIN_TASKS}, not for {source!r}")
 
-    if isinstance(source, datasets.DatasetDict):
-        if split is None or split not in source:
-            raise KeyError(f"DatasetDict has splits {sorted(source)}; pass split= one of them (got {split!r})")
-        records, columns, where = None, source[split], f"DatasetDict split {split!r}"
-    elif isinstance(source, datasets.Dataset):
-        records, columns, where = None, source, "the given Dataset"
-    elif isinstance(source, (str, os.PathLike)):
-        records, columns = _read_file(Path(source))
-        where = f"file {os.fspath(source)!r}"
-    else:
-        raise TypeError(
-            f"prompt source must be a task name {BUILTIN_TASKS}, a .jsonl/.parquet path or a datasets.Dataset, "
-            f"got {type(source).__name__}"
-        )
+    raw, where = _open_source(source)
+    if isinstance(raw, datasets.DatasetDict):
+        raw, where = _pick_split(raw, split, where), f"split {split!r} of {where}"
+    return _validate(raw, where, prompt_key, answer_key, num_rows)
 
+
+def load_prompt_split(data: Any, split: str, *, num_rows: int | None = None) -> datasets.Dataset:
+    """The "train" or "eval" prompts described by a `rlkit.config.DataConfig`.
+
+    Reads `data.source, prompt_key, answer_key, digits, operators, seed, train_size, eval_size`.
+    Rows: `num_rows`, else `train_size` / `eval_size`. Train and eval never share a row:
+    - the built-in task: its own disjoint splits (seeded by `data.seed`);
+    - a source with named splits (a DatasetDict folder, a hub dataset): "train" and
+      the first of "eval", "validation", "test" that exists;
+    - a single table (a file, a Dataset folder): shuffled with `data.seed`, the first
+      `eval_size` rows are eval, the rest train.
+    """
+    if split not in ("train", "eval"):
+        raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+    n = num_rows if num_rows is not None else (data.train_size if split == "train" else data.eval_size)
+    if data.source in BUILTIN_TASKS:
+        task_kwargs = {"digits": data.digits, "operators": tuple(data.operators), "seed": data.seed}
+        return load_prompt_dataset(data.source, split=split, num_rows=n, task_kwargs=task_kwargs)
+
+    raw, where = _open_source(data.source)
+    if isinstance(raw, datasets.DatasetDict):
+        names = ["train"] if split == "train" else [s for s in ("eval", "validation", "test") if s in raw]
+        name = names[0] if names else split
+        return _validate(_pick_split(raw, name, where), f"split {name!r} of {where}", data.prompt_key, data.answer_key, n)
+
+    table = _validate(raw, where, data.prompt_key, data.answer_key, None).shuffle(seed=data.seed)
+    held_out = min(data.eval_size, len(table))
+    rows = range(held_out) if split == "eval" else range(held_out, len(table))
+    if split == "train" and len(rows) == 0:
+        raise ValueError(
+            f"{where} has {len(table)} rows and data.eval_size={data.eval_size} holds them all out: none left to train on"
+        )
+    return table.select(list(rows)[:n])
+
+
+def _validate(
+    raw: datasets.Dataset | list[_Record], where: str, prompt_key: str, answer_key: str | None, num_rows: int | None
+) -> datasets.Dataset:
+    """Check the columns and every row of a table (or json records) -> the uniform {prompt, ground_truth} Dataset."""
+    records = raw if isinstance(raw, list) else None
     if records is None:  # a (parquet-backed or in-memory) table: whole columns
-        names = columns.column_names
-        _check_columns(names, prompt_key, answer_key, where)
+        columns = raw
+        _check_columns(columns.column_names, prompt_key, answer_key, where)
         if num_rows is not None:
             columns = columns.select(range(min(num_rows, len(columns))))
         prompts = columns[prompt_key]
         answers = columns[answer_key] if answer_key is not None else [""] * len(prompts)
     else:  # jsonl: one dict per line, keys may differ between rows
-        names = sorted({k for r in records for k in r})
-        _check_columns(names, prompt_key, answer_key, where)
+        _check_columns(sorted({k for r in records for k in r}), prompt_key, answer_key, where)
         records = records if num_rows is None else records[:num_rows]
         for i, record in enumerate(records):
             for key in (prompt_key, answer_key):
@@ -110,8 +141,49 @@ def _load_builtin(name: str, split: str, num_rows: int | None, task_kwargs: dict
     return _to_dataset({"prompt": [p["prompt"] for p in problems], "ground_truth": [p["ground_truth"] for p in problems]})
 
 
-def _read_file(path: Path) -> tuple[list[_Record] | None, datasets.Dataset | None]:
-    """(records, None) for json lines, (None, table) for parquet."""
+def _open_source(source: Any) -> tuple[datasets.Dataset | datasets.DatasetDict | list[_Record], str]:
+    """(a table, a DatasetDict or json records; a description for errors) of any non-task source."""
+    if isinstance(source, datasets.Dataset):
+        return source, "the given Dataset"
+    if isinstance(source, datasets.DatasetDict):
+        return source, "the given DatasetDict"
+    if not isinstance(source, (str, os.PathLike)):
+        raise TypeError(
+            f"prompt source must be a task name {BUILTIN_TASKS}, a .jsonl/.parquet path, a dataset folder or name, "
+            f"or a datasets.Dataset; got {type(source).__name__}"
+        )
+    name = os.fspath(source)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return datasets.load_from_disk(str(path), keep_in_memory=True), f"folder {name!r}"
+    if path.is_file() or path.suffix.lower() in _FILE_SUFFIXES or _looks_like_local_path(name):
+        return _read_file(path), f"file {name!r}"
+    # A hub dataset name ("openai/gsm8k"): downloads unless HF_DATASETS_OFFLINE=1.
+    try:
+        loaded = datasets.load_dataset(name)
+    except Exception as err:  # datasets raises many types (ConnectionError, DatasetNotFoundError, ...)
+        raise FileNotFoundError(
+            f"prompt source {name!r} is neither a built-in task {BUILTIN_TASKS}, a local file or folder, "
+            f"nor a loadable hub dataset: {type(err).__name__}: {err}"
+        ) from err
+    return loaded, f"dataset {name!r}"
+
+
+def _pick_split(dd: datasets.DatasetDict, split: str | None, where: str) -> datasets.Dataset:
+    if split is None or split not in dd:
+        raise KeyError(f"{where} has splits {sorted(dd)}; pass split= one of them (got {split!r})")
+    return dd[split]
+
+
+_FILE_SUFFIXES = (".jsonl", ".json", ".parquet")
+
+
+def _looks_like_local_path(name: str) -> bool:
+    return name.startswith(("/", "./", "../", "~")) or name.count("/") > 1
+
+
+def _read_file(path: Path) -> list[_Record] | datasets.Dataset:
+    """Json lines -> records (one per non-blank line); parquet -> a table."""
     if not path.is_file():
         raise FileNotFoundError(f"prompt file {os.fspath(path)!r} does not exist (resolved to {path.resolve()})")
     suffix = path.suffix.lower()
@@ -132,11 +204,11 @@ def _read_file(path: Path) -> tuple[list[_Record] | None, datasets.Dataset | Non
                         f"line {line_no} of file {os.fspath(path)!r} must be a JSON object, got {type(record).__name__}"
                     )
                 records.append(_Record(record, line_no))
-        return records, None
+        return records
     if suffix == ".parquet":
         import pyarrow.parquet as pq  # a dependency of `datasets`
 
-        return None, datasets.Dataset(pq.read_table(path))
+        return datasets.Dataset(pq.read_table(path))
     raise ValueError(f"prompt file {os.fspath(path)!r}: unsupported extension {suffix!r}; use .jsonl or .parquet")
 
 
