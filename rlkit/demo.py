@@ -99,7 +99,8 @@ def run_demo(
     rewards = score_texts(arithmetic_reward, responses, truths, eos_seen)
     accuracy = rewards.mean().item() if len(rewards) else 0.0
 
-    say(format_table(prompts[:show], responses[:show], eos_seen[:show].tolist(), rewards[:show].tolist(), truths[:show]))
+    k = show
+    say(format_table(prompts[:k], responses[:k], eos_seen[:k].tolist(), rewards[:k].tolist(), truths[:k]))
     if show < len(prompts):
         say(f"... ({len(prompts) - show} more rows)")
     seconds = time.perf_counter() - start

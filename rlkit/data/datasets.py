@@ -92,14 +92,16 @@ def load_prompt_split(data: Any, split: str, *, num_rows: int | None = None) -> 
     if isinstance(raw, datasets.DatasetDict):
         names = ["train"] if split == "train" else [s for s in ("eval", "validation", "test") if s in raw]
         name = names[0] if names else split
-        return _validate(_pick_split(raw, name, where), f"split {name!r} of {where}", data.prompt_key, data.answer_key, n)
+        table = _pick_split(raw, name, where)
+        return _validate(table, f"split {name!r} of {where}", data.prompt_key, data.answer_key, n)
 
     table = _validate(raw, where, data.prompt_key, data.answer_key, None).shuffle(seed=data.seed)
     held_out = min(data.eval_size, len(table))
     rows = range(held_out) if split == "eval" else range(held_out, len(table))
     if split == "train" and len(rows) == 0:
         raise ValueError(
-            f"{where} has {len(table)} rows and data.eval_size={data.eval_size} holds them all out: none left to train on"
+            f"{where} has {len(table)} rows and data.eval_size={data.eval_size} holds them all out: "
+            "none left to train on"
         )
     return table.select(list(rows)[:n])
 
@@ -122,7 +124,9 @@ def _validate(
         for i, record in enumerate(records):
             for key in (prompt_key, answer_key):
                 if key is not None and key not in record:
-                    raise ValueError(f"{_row(i, records)} of {where} has no {key!r} field (its fields: {sorted(record)})")
+                    raise ValueError(
+                        f"{_row(i, records)} of {where} has no {key!r} field (its fields: {sorted(record)})"
+                    )
         prompts = [r[prompt_key] for r in records]
         answers = [r[answer_key] if answer_key is not None else "" for r in records]
 
@@ -138,7 +142,9 @@ def _load_builtin(name: str, split: str, num_rows: int | None, task_kwargs: dict
         raise ValueError(f"built-in task {name!r} has splits {sorted(DEFAULT_TASK_ROWS)}, got split={split!r}")
     task = ArithmeticTask(**task_kwargs)
     problems = task.problems(DEFAULT_TASK_ROWS[split] if num_rows is None else num_rows, split)
-    return _to_dataset({"prompt": [p["prompt"] for p in problems], "ground_truth": [p["ground_truth"] for p in problems]})
+    return _to_dataset(
+        {"prompt": [p["prompt"] for p in problems], "ground_truth": [p["ground_truth"] for p in problems]}
+    )
 
 
 def _open_source(source: Any) -> tuple[datasets.Dataset | datasets.DatasetDict | list[_Record], str]:

@@ -123,12 +123,16 @@ def load_model_and_tokenizer(
     dtype: torch.dtype = torch.float32,
     *,
     tokenizer_path: str | os.PathLike | None = None,
+    attn_implementation: str | None = None,
+    trust_remote_code: bool = False,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer from a local folder or a hub name (the real loading path).
 
     - `dtype` is the parameter dtype (fp32 by default: FSDP2 keeps fp32 master
       weights and casts for compute; pass torch.bfloat16 for inference-only roles).
     - `tokenizer_path` defaults to the model path.
+    - `attn_implementation` ("eager", "sdpa", ...; None = transformers' default) and
+      `trust_remote_code` go to `from_pretrained` (as `rlkit.config.ModelConfig` names them).
     - A tokenizer without a pad token gets pad = eos (Llama-style checkpoints ship
       none); rlkit masks padding explicitly, so the id only has to be valid.
     Raises FileNotFoundError naming the path when a local path does not exist,
@@ -143,8 +147,11 @@ def load_model_and_tokenizer(
     name, tok_name = os.path.expanduser(name), os.path.expanduser(tok_name)
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(tok_name)
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(tok_name, trust_remote_code=trust_remote_code)
+        model_kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+        model = AutoModelForCausalLM.from_pretrained(
+            name, dtype=dtype, trust_remote_code=trust_remote_code, **model_kwargs
+        )
     except OSError as err:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("TRANSFORMERS_OFFLINE") == "1"
         hint = " (HF_HUB_OFFLINE=1 is set: only models already in the local cache can load)" if offline else ""

@@ -88,6 +88,7 @@ def build_char_tokenizer() -> PreTrainedTokenizerFast:
         model_max_length=2048,
     )
     tokenizer.chat_template = CHAT_TEMPLATE
-    if len(tokenizer) != len(SPECIAL_TOKENS) + len(CHARACTERS):  # pragma: no cover - guards future edits
-        raise AssertionError(f"char tokenizer has {len(tokenizer)} tokens, expected {len(SPECIAL_TOKENS) + len(CHARACTERS)}")
+    expected = len(SPECIAL_TOKENS) + len(CHARACTERS)
+    if len(tokenizer) != expected:  # pragma: no cover - guards future edits
+        raise AssertionError(f"char tokenizer has {len(tokenizer)} tokens, expected {expected}")
     return tokenizer
