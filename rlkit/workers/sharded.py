@@ -1,0 +1,358 @@
+"""`ShardedModel`: the one FSDP2-sharded transformers model every worker role is built from.
+
+Roles compose it (a policy *has* a sharded model and an optimizer; it is not a
+subclass of one). It works in any process where `torch.distributed` is
+initialised (a Ray actor, a `torchrun` process, the local backend's world of
+one) and never imports Ray.
+
+What it does:
+- builds the model from a hub name, a local folder or a transformers config
+  (`AutoModelForCausalLM` for policies, `AutoModelForSequenceClassification` with
+  one label for critics and reward models) with the same seed on every rank;
+- `fully_shard`s every decoder layer, then the root; bf16 compute with fp32
+  gradient reduction on CUDA, plain fp32 on CPU;
+- runs the forward pass of a `Batch` (prompt + response) and returns what the
+  roles need: logits for the response tokens, or one scalar per token;
+- moves its parameters to CPU and back between stages (`offload` / `onload`);
+- gathers a full state dict and exports a Hugging Face folder.
+
+The generation side (unsharding in place for a rollout engine) lives in
+`rlkit.rollout`; it uses `module` and `fsdp_modules` from here.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    PretrainedConfig,
+    PreTrainedModel,
+)
+
+ModelKind = Literal["causal_lm", "token_scores"]
+KINDS = ("causal_lm", "token_scores")
+
+
+class TokenScoreModel(nn.Module):
+    """A scalar per token: the backbone of a sequence-classification model and its 1-output head.
+
+    transformers' own `ForSequenceClassification.forward` pools at the last non-pad
+    token by comparing ids with `pad_token_id`, which misplaces the score when pad
+    equals EOS; critics need every position anyway. So this runs the backbone and the
+    head on all positions and the caller picks positions. Sharded as the FSDP root,
+    so the embedding, final norm and head are gathered by the root's forward hook.
+    """
+
+    def __init__(self, hf_model: PreTrainedModel):
+        super().__init__()
+        self.hf = hf_model
+        self.head_name = "score" if hasattr(hf_model, "score") else "classifier"
+        if not isinstance(getattr(hf_model, self.head_name, None), nn.Linear):
+            raise TypeError(
+                f"{type(hf_model).__name__} has no linear `score`/`classifier` head; "
+                "token scores need a decoder-style sequence-classification model"
+            )
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        backbone = getattr(self.hf, self.hf.base_model_prefix)
+        hidden = backbone(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        ).last_hidden_state  # (b, L, H)
+        return getattr(self.hf, self.head_name)(hidden).squeeze(-1)  # (b, L)
+
+
+class ShardedModel:
+    """One FSDP2-sharded transformers model on this rank.
+
+    Attributes other components rely on:
+    `module` (the FSDP root, an `nn.Module` and `FSDPModule`), `hf_model` (the
+    transformers model inside it: `module` itself for causal LMs), `fsdp_modules`
+    (every FSDP-wrapped submodule, decoder layers first, root last), `device`,
+    `config` (the transformers config), `compute_dtype`.
+    """
+
+    def __init__(
+        self,
+        source: str | os.PathLike | PretrainedConfig,
+        *,
+        kind: ModelKind = "causal_lm",
+        device: torch.device | str | None = None,
+        trainable: bool = True,
+        mixed_precision: bool | None = None,
+        gradient_checkpointing: bool = False,
+        attn_implementation: str | None = None,
+        tokenizer: Any = None,
+        seed: int = 0,
+    ):
+        """
+        source: hub name ("Qwen/Qwen2.5-0.5B"), local folder, or a `PretrainedConfig` (random init).
+        kind: "causal_lm" (logits) or "token_scores" (a scalar per token: critic, reward model).
+        device: defaults to `cuda:<LOCAL_RANK>` when CUDA is available, else CPU.
+        trainable: False freezes the parameters (reference and reward models).
+        mixed_precision: bf16 compute with fp32 master weights and fp32 gradient reduction;
+            None means "on CUDA only". On CPU it is always off (fp32).
+        tokenizer: when given, checked against the model's vocabulary.
+        seed: seeds every randomly initialised weight identically on every rank.
+        """
+        if kind not in KINDS:
+            raise ValueError(f"ShardedModel(kind={kind!r}): allowed {', '.join(KINDS)}")
+        if not dist.is_initialized():
+            raise RuntimeError(
+                "ShardedModel needs torch.distributed initialised (the worker group does it; "
+                "in a plain script use torch.distributed.init_process_group first)"
+            )
+        self.kind = kind
+        self.trainable = trainable
+        self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+        self.device = _default_device() if device is None else torch.device(device)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        use_mp = self.device.type == "cuda" if mixed_precision is None else mixed_precision
+        use_mp = use_mp and self.device.type == "cuda"
+        self.compute_dtype = torch.bfloat16 if use_mp else torch.float32
+        self.source = source if isinstance(source, PretrainedConfig) else os.fspath(source)
+
+        hf_model = load_hf_model(source, kind, attn_implementation=attn_implementation, seed=seed)
+        if tokenizer is not None:
+            check_tokenizer(tokenizer, hf_model, where=str(self.source if isinstance(self.source, str) else "config"))
+        disable_dropout(hf_model)
+        if gradient_checkpointing and trainable:
+            hf_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        hf_model.config.use_cache = False
+        if not trainable:
+            hf_model.requires_grad_(False)
+        self.hf_model = hf_model
+        self.config: PretrainedConfig = hf_model.config
+        root = hf_model if kind == "causal_lm" else TokenScoreModel(hf_model)
+
+        # Count before sharding: afterwards a parameter's numel is its full size but
+        # the embedding table must be left out of the FLOP count (a lookup, not a matmul).
+        self.num_params = sum(p.numel() for p in hf_model.parameters())
+        embedding = hf_model.get_input_embeddings()
+        tied = getattr(self.config, "tie_word_embeddings", False) and kind == "causal_lm"
+        self.num_matmul_params = self.num_params - (0 if tied else embedding.weight.numel())
+
+        mesh = init_device_mesh(self.device.type, (self.world_size,))
+        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if use_mp else MixedPrecisionPolicy()
+        layers = decoder_layers(hf_model)
+        for layer in layers:
+            fully_shard(layer, mesh=mesh, mp_policy=mp)
+        fully_shard(root, mesh=mesh, mp_policy=mp)
+        self.module: nn.Module = root
+        self.fsdp_modules: list[FSDPModule] = [*layers, root]
+        self.module.train(trainable)  # dropout is off either way; train mode enables checkpointing
+        self._offloaded = False
+
+    # ------------------------------------------------------------------ shape facts
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.config.get_text_config().num_hidden_layers)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.config.get_text_config().hidden_size)
+
+    # ------------------------------------------------------------------ forward
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        *,
+        logits_to_keep: int = 0,
+    ) -> torch.Tensor:
+        """Causal LM: logits (b, L, V) (only the last `logits_to_keep` positions when > 0).
+        Token scores: (b, L) float32. Inputs are moved to this model's device."""
+        if self._offloaded:
+            raise RuntimeError("ShardedModel.forward while offloaded to CPU: call onload() first")
+        input_ids = input_ids.to(self.device)
+        attention_mask = attention_mask.to(self.device)
+        position_ids = position_ids.to(self.device)
+        if self.kind == "causal_lm":
+            out = self.module(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                use_cache=False,
+                logits_to_keep=logits_to_keep,
+            )
+            return out.logits
+        return self.module(input_ids, attention_mask, position_ids).float()
+
+    # ------------------------------------------------------------------ offload
+
+    def offload(self) -> None:
+        """Move this rank's parameter shards (and gradients) to CPU; no-op on CPU devices."""
+        if self.device.type != "cpu" and not self._offloaded:
+            self.module.to("cpu")
+            torch.cuda.empty_cache()
+        self._offloaded = self.device.type != "cpu"
+
+    def onload(self) -> None:
+        """Bring the parameter shards back to the device after `offload`."""
+        if self._offloaded:
+            self.module.to(self.device)
+            self._offloaded = False
+
+    # ------------------------------------------------------------------ export
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """Gather the full (unsharded) state dict on CPU. Collective: call on every rank.
+
+        Rank 0 gets every tensor; the other ranks get `{}`. Keys are the transformers
+        model's own (a `TokenScoreModel` wrapper's prefix is removed).
+        """
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        state = get_model_state_dict(self.module, options=options)
+        if self.kind == "token_scores":
+            state = {key.removeprefix("hf."): value for key, value in state.items()}
+        return state
+
+    def save_pretrained(self, path: str | os.PathLike, tokenizer: Any = None) -> Path:
+        """Write a plain Hugging Face folder (config, safetensors, tokenizer) that
+        `AutoModelFor*.from_pretrained(path)` loads. Collective: call on every rank."""
+        path = Path(path)
+        state = self.full_state_dict()
+        if self.rank == 0:
+            path.mkdir(parents=True, exist_ok=True)
+            export = _fresh_copy(self.hf_model)
+            export.load_state_dict(state, strict=True, assign=True)
+            if getattr(export.config, "tie_word_embeddings", False):
+                export.tie_weights()
+            export.config.use_cache = True  # a loaded model should generate with a KV cache
+            export.save_pretrained(path)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(path)
+        dist.barrier()
+        return path
+
+
+# ---------------------------------------------------------------------- building blocks
+
+
+def _default_device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def _looks_local(name: str) -> bool:
+    # Hub ids are "name" or "org/name"; a path that is absolute, dotted, home-based or
+    # has more than one slash can only mean a local folder.
+    return name.startswith(("/", "./", "../", "~")) or name.count("/") > 1
+
+
+def load_hf_model(
+    source: str | os.PathLike | PretrainedConfig,
+    kind: ModelKind,
+    *,
+    attn_implementation: str | None = None,
+    seed: int = 0,
+) -> PreTrainedModel:
+    """Build the fp32 transformers model (on CPU) for `kind` from a name, a folder or a config.
+
+    Weights that the source lacks (a fresh score head on a causal-LM checkpoint, or
+    everything for a config) are drawn under `seed`, identically on every rank.
+    """
+    auto = AutoModelForCausalLM if kind == "causal_lm" else AutoModelForSequenceClassification
+    extra: dict[str, Any] = {}
+    if attn_implementation:
+        extra["attn_implementation"] = attn_implementation
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if isinstance(source, PretrainedConfig):
+            config = source.__class__.from_dict(source.to_dict())  # a copy: never mutate the caller's
+            if kind == "token_scores":
+                config.num_labels = 1
+            return auto.from_config(config, dtype=torch.float32, **extra)
+        name = os.fspath(source)
+        expanded = os.path.expanduser(name)
+        if not os.path.exists(expanded) and _looks_local(name):
+            raise FileNotFoundError(
+                f"model path {name!r} does not exist (resolved to {os.path.abspath(expanded)}); "
+                "give an existing folder with config.json, or a hub name like 'Qwen/Qwen2.5-0.5B'"
+            )
+        if os.path.isdir(expanded) and not os.path.isfile(os.path.join(expanded, "config.json")):
+            raise FileNotFoundError(
+                f"model folder {name!r} has no config.json: not a Hugging Face model folder "
+                "(export one with ShardedModel.save_pretrained or save_pretrained)"
+            )
+        if kind == "token_scores":
+            extra["num_labels"] = 1
+        try:
+            return auto.from_pretrained(expanded, dtype=torch.float32, **extra)
+        except OSError as err:
+            offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("TRANSFORMERS_OFFLINE") == "1"
+            hint = " (HF_HUB_OFFLINE=1: only models already in the local cache load)" if offline else ""
+            raise OSError(f"could not load model {name!r}{hint}: {err}") from err
+
+
+def check_tokenizer(tokenizer: Any, hf_model: PreTrainedModel, where: str) -> None:
+    """Raise if the tokenizer can produce ids the model has no embedding for."""
+    vocab = len(tokenizer)
+    rows = hf_model.get_input_embeddings().num_embeddings
+    if vocab > rows:
+        raise ValueError(
+            f"tokenizer has {vocab} tokens but model {where!r} embeds only {rows}: ids >= {rows} would "
+            "index out of range. Use the tokenizer saved with the model (model.tokenizer_path), "
+            "or resize the model's embeddings."
+        )
+
+
+def disable_dropout(model: nn.Module) -> None:
+    """Set every dropout probability to 0: RL ratios and SFT/RM equivalence tests need a deterministic forward.
+
+    Attention modules copy `config.attention_dropout` into an attribute at construction,
+    so the modules are patched, not the config (an exported folder keeps its config).
+    """
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+        for attr in ("attention_dropout", "dropout"):
+            if isinstance(getattr(module, attr, None), float):
+                setattr(module, attr, 0.0)
+
+
+def decoder_layers(model: PreTrainedModel) -> list[nn.Module]:
+    """The repeated transformer blocks to shard one by one (`_no_split_modules` names them).
+
+    Falls back to the children of the longest `nn.ModuleList` for models that do not declare them.
+    """
+    names = set(getattr(model, "_no_split_modules", None) or [])
+    found = [m for m in model.modules() if type(m).__name__ in names]
+    if found:
+        return found
+    lists = [m for m in model.modules() if isinstance(m, nn.ModuleList)]
+    if not lists:
+        raise ValueError(f"{type(model).__name__}: found no decoder layers to shard")
+    return list(max(lists, key=len))
+
+
+def _fresh_copy(hf_model: PreTrainedModel) -> PreTrainedModel:
+    """An unsharded model of the same class and config, on the meta device (filled with `assign=True`)."""
+    with torch.device("meta"):
+        return type(hf_model)._from_config(hf_model.config, dtype=torch.float32)
+
+
+__all__ = [
+    "ShardedModel",
+    "TokenScoreModel",
+    "load_hf_model",
+    "check_tokenizer",
+    "disable_dropout",
+    "decoder_layers",
+    "KINDS",
+]
