@@ -337,6 +337,37 @@ def test_killed_idle_worker_is_reported_on_next_call(ray_cluster):
         pool.close()
 
 
+# ---- runtime and Session on the shared cluster --------------------------------------------------
+
+
+def test_runtime_reuse_rules(ray_cluster):
+    from rlkit.cluster import ClusterRuntime
+
+    assert ray_cluster.can_serve(ClusterRuntime())  # any local cluster will do
+    assert ray_cluster.can_serve(ClusterRuntime(num_cpus=8))
+    assert not ray_cluster.can_serve(ClusterRuntime(num_cpus=5))  # different size: restart
+    assert not ray_cluster.can_serve(ClusterRuntime(address="10.0.0.1:6379"))  # another cluster
+    assert not ray_cluster.can_serve(ClusterRuntime(backend="local"))
+    with pytest.raises(ValueError, match="backend must be 'ray' or 'local'"):
+        ClusterRuntime(backend="slurm")
+
+
+def test_session_joins_running_ray_and_leaves_it_running(ray_cluster):
+    import ray
+
+    from rlkit.session import Session
+
+    with Session(num_cpus=8) as s:
+        assert not s.runtime.owns_ray  # the fixture's cluster: joined, not owned
+        group = s.runtime.make_group({"counter": RoleSpec(Counter, kwargs={"start": 1})})
+        assert group.counter.bump() == [2]
+        pool = group.pool
+    assert s.closed and group.closed and pool.node_ids == []  # placement groups released
+    assert ray.is_initialized()
+    with pytest.raises(RuntimeError, match="is closed"):
+        group.counter.bump()
+
+
 # ---- local backend ----------------------------------------------------------------------------
 
 
