@@ -187,6 +187,12 @@ class Batch:
 
     __str__ = __repr__
 
+    def _repr_html_(self) -> str:
+        """Jupyter display: a table of the first rows (prompt, response, score, advantage, length)."""
+        from rlkit.monitor.batch_view import batch_table_html  # lazy: only notebooks pay for it
+
+        return batch_table_html(self)
+
     # ------------------------------------------------------------- transform
 
     def replace(self, **fields: Any) -> "Batch":
