@@ -1,0 +1,175 @@
+"""One TRL `GRPOTrainer` run of the reference work; prints one `BENCH_JSON` line of per-step measurements.
+
+    .venv/bin/python -m benchmarks.trl_grpo --size 1m --steps 10 --warmup 1 --threads 2
+
+TRL is the peer, configured as the issue says: CPU (`use_cpu=True`), fp32 (`bf16=False`;
+TRL's default is bf16), `gradient_checkpointing=False` (TRL's default is on), beta 0.04,
+8 generations per prompt, `per_device_train_batch_size` = the whole batch (one update per
+step), `max_completion_length=16`, `num_iterations=1`, no vLLM, AdamW lr 1e-4.
+
+How the stages are timed (TRL exposes only whole-step numbers):
+- step: `on_step_begin` -> `on_step_end` of a TrainerCallback (generation, scoring,
+  reference forward, policy forward/backward, clipping and the optimizer step; not the
+  dataloader fetch nor logging, which is switched off);
+- generate: a wrapper around `GRPOTrainer._generate_single_turn` (the `model.generate`
+  call plus TRL's EOS masking and the conversion to lists);
+- ref: a wrapper around `_get_per_token_logps_and_entropies` when it is called with the
+  reference model;
+- old: 0. With num_iterations=1 and one optimizer step per generation TRL does not run an
+  "old" forward at all: it uses the current log-probs, detached, as the old ones;
+- learn: step minus TRL's whole `_prepare_inputs` (generation + rewards + ref forward +
+  advantages), i.e. the policy forward+backward, gradient clipping and AdamW step;
+- sync: 0. Generation runs on the trained module itself; there is nothing to copy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+from benchmarks.reference_work import (
+    DEFAULT_WORKDIR,
+    PeakRSS,
+    ReferenceWork,
+    StepRecord,
+    Stopwatch,
+    build_reference,
+    check_model_shape,
+    check_same_token_ids,
+    emit,
+    read_prompts,
+    starts_with_sum,
+)
+
+
+def run(work: ReferenceWork, threads: int, workdir: str) -> dict:
+    """Train TRL on `work` and return (and print) the measurement record."""
+    import torch
+
+    torch.set_num_threads(threads)  # deliberate: TRL would otherwise take every core the host shows
+    import datasets
+    import transformers
+    import trl
+    from transformers import AutoModelForCausalLM, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    model_dir, prompts_path = build_reference(work, workdir)
+    rows = read_prompts(prompts_path)
+    tokenizer = check_same_token_ids(model_dir, rows)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    num_params = check_model_shape(model, work.size)
+
+    watch = Stopwatch()
+    counts = {"prompt_tokens": 0, "gen_tokens": 0}
+
+    class TimedGRPOTrainer(GRPOTrainer):
+        """GRPOTrainer with stopwatches around the stages (behaviour unchanged)."""
+
+        def _generate_single_turn(self, prompt_ids, *args, **kwargs):
+            with watch("generate"):
+                completion_ids, logprobs = super()._generate_single_turn(prompt_ids, *args, **kwargs)
+            counts["prompt_tokens"] += sum(len(p) for p in prompt_ids)
+            counts["gen_tokens"] += sum(len(c) for c in completion_ids)
+            return completion_ids, logprobs
+
+        def _get_per_token_logps_and_entropies(self, model, *args, **kwargs):
+            if model is self.ref_model:
+                with watch("ref"):
+                    return super()._get_per_token_logps_and_entropies(model, *args, **kwargs)
+            return super()._get_per_token_logps_and_entropies(model, *args, **kwargs)
+
+        def _prepare_inputs(self, generation_batch):
+            with watch("prepare"):
+                return super()._prepare_inputs(generation_batch)
+
+    records: list[StepRecord] = []
+    rewards: list[float] = []
+
+    class StepTimer(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            watch.take()
+            counts.update(prompt_tokens=0, gen_tokens=0)
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            step_s = time.perf_counter() - self.t0
+            laps = watch.take()
+            index = state.global_step - 1 - work.warmup_steps
+            if index < 0:
+                return  # warm-up step: not measured
+            gen_s = laps.get("generate")
+            records.append(StepRecord(
+                step=index, step_s=step_s, generate_s=gen_s, ref_s=laps.get("ref"), old_s=0.0,
+                learn_s=step_s - laps.get("prepare", 0.0), sync_s=0.0,
+                prompt_tokens=counts["prompt_tokens"], gen_tokens=counts["gen_tokens"],
+                gen_tokens_per_s=counts["gen_tokens"] / gen_s if gen_s else None,
+                reward_mean=rewards[-1] if rewards else None,
+                extra={"prepare_s": laps.get("prepare")},
+            ))
+
+    def reward(prompts, completions, ground_truth, **kwargs) -> list[float]:
+        values = [starts_with_sum(c, g) for c, g in zip(completions, ground_truth)]
+        rewards.append(sum(values) / len(values))
+        return values
+
+    args = GRPOConfig(
+        output_dir=os.path.join(workdir, f"trl-out-{os.getpid()}"),
+        use_cpu=True,
+        bf16=False,
+        fp16=False,
+        gradient_checkpointing=False,
+        beta=work.beta,
+        num_generations=work.samples_per_prompt,
+        per_device_train_batch_size=work.batch_size,
+        gradient_accumulation_steps=1,
+        max_completion_length=work.max_new_tokens,
+        num_iterations=1,
+        use_vllm=False,
+        temperature=work.temperature,
+        learning_rate=work.lr,
+        lr_scheduler_type="constant",
+        optim="adamw_torch",
+        max_steps=work.total_steps,
+        shuffle_dataset=False,  # the prompt order of the file, as the rlkit side reads it
+        seed=work.seed,
+        logging_steps=10_000,  # no logging inside the timed loop
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+    dataset = datasets.Dataset.from_list(rows)
+    trainer = TimedGRPOTrainer(
+        model=model, reward_funcs=[reward], args=args, train_dataset=dataset, processing_class=tokenizer,
+        callbacks=[StepTimer()],
+    )
+    with PeakRSS() as rss:
+        t0 = time.perf_counter()
+        trainer.train()
+        total_s = time.perf_counter() - t0
+    if len(records) != work.steps:
+        raise RuntimeError(f"TRL ran {len(records)} measured steps, expected {work.steps}")
+    return emit(
+        "trl", work, records,
+        num_params=num_params, threads=threads, total_s=total_s,
+        peak_rss_self_mb=PeakRSS.self_peak_bytes() / 2**20, peak_rss_tree_mb=rss.tree_peak_bytes / 2**20,
+        versions={"trl": trl.__version__, "transformers": transformers.__version__, "torch": torch.__version__},
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--size", default="1m", choices=["1m", "9m"])
+    p.add_argument("--prompts-per-step", type=int, default=8)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--threads", type=int, default=2, help="torch threads of the TRL process (default: 2 = all cores here)")
+    p.add_argument("--workdir", default=str(DEFAULT_WORKDIR), help="where the model folder and prompt file are kept")
+    a = p.parse_args(argv)
+    work = ReferenceWork(size=a.size, prompts_per_step=a.prompts_per_step, steps=a.steps, warmup_steps=a.warmup)
+    run(work, a.threads, a.workdir)
+
+
+if __name__ == "__main__":
+    main()
