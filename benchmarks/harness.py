@@ -1,0 +1,309 @@
+"""Run benchmark sides as subprocesses, interleaved (A B A B ...), and print medians, min/max and ratios.
+
+    # rlkit vs TRL on the reference work (3 rounds of A B), with the compute floor
+    .venv/bin/python -m benchmarks.harness compare --arms rlkit,trl --rounds 3
+    # step time as the model (x10: 1m -> 9m) and the batch (x4: 8 -> 32 prompts) grow
+    .venv/bin/python -m benchmarks.harness scaling --arms trl --sizes 1m,9m --prompts 8,32 --steps 3
+    # the controller's overhead: rlkit on 1 Ray rank, 2 Ray ranks and the local backend
+    .venv/bin/python -m benchmarks.harness compare --arms rlkit:ray:1,rlkit:ray:2,rlkit:local:1 --baseline rlkit:local:1
+
+An arm is `side[:backend[:ranks]]` with side `trl` or `rlkit`. Every run is a fresh
+process (`python -m benchmarks.<side>_grpo ...`) that prints one `BENCH_JSON` line;
+separate processes of identical code differ by up to 20 % on this machine, so arms
+alternate within each round and what is reported is, per metric, the median over a run's
+measured steps, then the median / min / max of those over the rounds. Ratios are of the
+medians, arm / baseline, from the same invocation.
+
+Threads: every arm gets `--threads` cores in all (TRL: torch threads of its one process;
+rlkit: `threads // ranks` per worker). `OMP_WAIT_POLICY` is PASSIVE for every arm by
+default: on a machine shared with other jobs, OpenMP's spinning threads make 2-thread
+runs up to 10x slower than 1-thread ones (measured here), which would benchmark the
+neighbours, not the framework.
+
+The fp32 matmul rate is measured in this process once per round (same threads), and each
+arm's floor is the FLOPs of its own step (from its mean prompt/generated token counts)
+over the best rate measured: `floor/step` = floor time / measured step time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmarks.compute_floor import ModelShape, measure_peak_rate, step_flops
+from benchmarks.reference_work import DEFAULT_WORKDIR, EXPECTED_SHAPES, ReferenceWork, build_reference, parse_record
+
+REPO = Path(__file__).resolve().parents[1]
+METRICS = ("step_s", "generate_s", "ref_s", "old_s", "learn_s", "sync_s", "gen_tokens_per_s", "gen_tokens")
+RUN_METRICS = ("peak_rss_tree_mb", "peak_rss_self_mb")
+LABELS = {"step_s": "step wall (s)", "generate_s": "generate (s)", "ref_s": "ref log-probs (s)",
+          "old_s": "old log-probs (s)", "learn_s": "learn (s)", "sync_s": "weight sync (s)",
+          "gen_tokens_per_s": "gen tokens/s", "gen_tokens": "gen tokens/step", "peak_rss_tree_mb": "peak RSS tree (MiB)",
+          "peak_rss_self_mb": "peak RSS main (MiB)", "floor_frac": "floor/step"}
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One benchmarked configuration."""
+
+    side: str
+    """"trl" or "rlkit"."""
+    backend: str = "ray"
+    """rlkit only: "ray" or "local"."""
+    ranks: int = 1
+    """rlkit only: data-parallel workers."""
+
+    @classmethod
+    def parse(cls, spec: str) -> "Arm":
+        """`trl`, `rlkit`, `rlkit:local`, `rlkit:ray:2`."""
+        parts = spec.split(":")
+        if parts[0] not in ("trl", "rlkit") or len(parts) > 3:
+            raise ValueError(f"arm {spec!r}: expected trl or rlkit[:ray|local[:ranks]]")
+        if parts[0] == "trl":
+            if len(parts) > 1:
+                raise ValueError(f"arm {spec!r}: TRL has no backend/ranks (it is one process)")
+            return cls("trl")
+        backend = parts[1] if len(parts) > 1 else "ray"
+        if backend not in ("ray", "local"):
+            raise ValueError(f"arm {spec!r}: backend must be ray or local, got {backend!r}")
+        ranks = int(parts[2]) if len(parts) > 2 else 1
+        return cls("rlkit", backend, ranks)
+
+    @property
+    def name(self) -> str:
+        """The spec string (`trl`, `rlkit:ray:1`)."""
+        return "trl" if self.side == "trl" else f"rlkit:{self.backend}:{self.ranks}"
+
+    def command(self, work: ReferenceWork, threads: int, workdir: str) -> list[str]:
+        """The subprocess command of one run."""
+        cmd = [sys.executable, "-m", f"benchmarks.{self.side}_grpo", "--size", work.size,
+               "--prompts-per-step", str(work.prompts_per_step), "--steps", str(work.steps),
+               "--warmup", str(work.warmup_steps), "--threads", str(threads), "--workdir", workdir]
+        if self.side == "rlkit":
+            cmd += ["--backend", self.backend, "--ranks", str(self.ranks)]
+        return cmd
+
+
+def run_env(threads: int, wait_policy: str | None) -> dict[str, str]:
+    """The environment of every run (identical for all arms)."""
+    env = dict(os.environ)
+    env.update(PYTHONPATH=f"{REPO}{os.pathsep}{env.get('PYTHONPATH', '')}".rstrip(os.pathsep),
+               OMP_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1",
+               RAY_AUTH_MODE="disabled", WANDB_MODE="disabled")
+    if wait_policy:
+        env["OMP_WAIT_POLICY"] = wait_policy
+    return env
+
+
+def run_once(arm: Arm, work: ReferenceWork, threads: int, workdir: str, env: dict, timeout: float) -> dict:
+    """Run one arm once; its record, or {"error": ...} with the tail of its output."""
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(arm.command(work, threads, workdir), cwd=REPO, env=env, capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-6:])
+        return {"error": f"exit code {proc.returncode}:\n{tail}"}
+    try:
+        record = parse_record(proc.stdout)
+    except ValueError as e:
+        return {"error": str(e)}
+    record["process_wall_s"] = wall
+    return record
+
+
+def run_summary(record: dict) -> dict[str, float | None]:
+    """Per-run values: the median over the run's measured steps of each metric, plus the run-level peaks."""
+    out: dict[str, float | None] = {}
+    for m in METRICS:
+        values = [s[m] for s in record["steps"] if s.get(m) is not None]
+        out[m] = statistics.median(values) if values else None
+    for m in RUN_METRICS:
+        out[m] = record.get(m)
+    steps = record["steps"]
+    out["prompt_tokens"] = statistics.mean(s["prompt_tokens"] for s in steps) if steps else None
+    return out
+
+
+def spread(values: list[float | None]) -> dict[str, float] | None:
+    """median / min / max over runs (None when no run measured it)."""
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return None
+    return {"median": statistics.median(vals), "min": min(vals), "max": max(vals), "n": len(vals)}
+
+
+def model_shape(work: ReferenceWork, workdir: str) -> ModelShape:
+    """The matmul shape of `work`'s model, read from the saved folder every side loads."""
+    from transformers import AutoConfig
+
+    model_dir, _ = build_reference(work, workdir)
+    return ModelShape.of(AutoConfig.from_pretrained(model_dir))
+
+
+def floor_seconds(shape: ModelShape, batch: int, summary: dict, rate_gflops: float) -> float | None:
+    """Floor time of one arm's step: its own mean prompt/generated token counts, at the measured rate."""
+    if not summary.get("gen_tokens") or not summary.get("prompt_tokens"):
+        return None
+    flops = step_flops(shape, batch, summary["prompt_tokens"] / batch, max(1.0, summary["gen_tokens"] / batch)).total
+    return flops / (rate_gflops * 1e9)
+
+
+def interleave(arms: list[Arm], work: ReferenceWork, rounds: int, threads: int, workdir: str, env: dict,
+               timeout: float, log=print) -> dict:
+    """Run every arm `rounds` times, A B A B ..., measuring the matmul rate once per round."""
+    results: dict[str, list[dict]] = {a.name: [] for a in arms}
+    rates = []
+    for r in range(rounds):
+        rates.append(measure_peak_rate(threads, seconds=1.0)["best"])
+        # alternate the order every round so neither arm always runs first (warm caches, neighbours' load)
+        order = arms if r % 2 == 0 else list(reversed(arms))
+        for arm in order:
+            log(f"[round {r + 1}/{rounds}] {arm.name} {work.size} x{work.prompts_per_step} prompts ...", file=sys.stderr)
+            rec = run_once(arm, work, threads, workdir, env, timeout)
+            if "error" in rec:
+                log(f"  {arm.name} FAILED: {rec['error']}", file=sys.stderr)
+            results[arm.name].append(rec)
+    return {"results": results, "rates_gflops": rates}
+
+
+def summarise(arms: list[Arm], work: ReferenceWork, raw: dict, shape: ModelShape) -> dict:
+    """{arm: {metric: spread}} incl. floor/step, from `interleave`'s output."""
+    rate = max(raw["rates_gflops"])
+    out = {}
+    for arm in arms:
+        runs = [run_summary(r) for r in raw["results"][arm.name] if "error" not in r]
+        table = {m: spread([s[m] for s in runs]) for m in (*METRICS, *RUN_METRICS)}
+        fracs = []
+        for s in runs:
+            floor = floor_seconds(shape, work.batch_size, s, rate)
+            fracs.append(floor / s["step_s"] if floor and s["step_s"] else None)
+        table["floor_frac"] = spread(fracs)
+        table["floor_s"] = spread([floor_seconds(shape, work.batch_size, s, rate) for s in runs])
+        out[arm.name] = table
+    return out
+
+
+def format_compare(arms: list[Arm], summary: dict, baseline: str | None) -> str:
+    """A text table: one row per metric, per arm median [min, max], and arm/baseline ratios."""
+    names = [a.name for a in arms]
+    base = baseline if baseline in summary else None
+    others = [n for n in names if n != base]
+    head = f"{'metric':<22}" + "".join(f"{n + ' median [min, max]':>34}" for n in names)
+    if base:
+        head += "".join(f"{n + '/' + base:>22}" for n in others)
+    lines = [head, "-" * len(head)]
+    for m in (*METRICS, *RUN_METRICS, "floor_frac"):
+        row = f"{LABELS[m]:<22}"
+        for n in names:
+            s = summary[n][m]
+            row += f"{'n/a':>34}" if s is None else f"{_num(s['median']):>12} [{_num(s['min'])}, {_num(s['max'])}]".rjust(34)
+        if base:
+            for n in others:
+                a, b = summary[n][m], summary[base][m]
+                ratio = a["median"] / b["median"] if a and b and b["median"] else None
+                row += f"{'n/a' if ratio is None else f'{ratio:.2f}':>22}"
+        lines.append(row)
+    return "\n".join(lines)
+
+
+def _num(x: float) -> str:
+    return f"{x:.0f}" if abs(x) >= 100 else f"{x:.3g}"
+
+
+def cmd_compare(a) -> int:
+    arms = [Arm.parse(s) for s in a.arms.split(",")]
+    work = ReferenceWork(size=a.size, prompts_per_step=a.prompts, steps=a.steps, warmup_steps=a.warmup)
+    env = run_env(a.threads, a.omp_wait_policy)
+    t0 = time.perf_counter()
+    raw = interleave(arms, work, a.rounds, a.threads, a.workdir, env, a.timeout)
+    summary = summarise(arms, work, raw, model_shape(work, a.workdir))
+    baseline = a.baseline or ("trl" if any(x.side == "trl" for x in arms) else arms[0].name)
+    print(f"# {work.size} model, {work.prompts_per_step} prompts x {work.samples_per_prompt} samples, "
+          f"{work.max_new_tokens} new tokens, {work.steps} steps after {work.warmup_steps} warm-up; "
+          f"{a.rounds} rounds interleaved; {a.threads} threads per arm; OMP_WAIT_POLICY={a.omp_wait_policy}; "
+          f"matmul rate {max(raw['rates_gflops']):.1f} GFLOP/s (best of rounds: "
+          f"{', '.join(f'{r:.1f}' for r in raw['rates_gflops'])}); invocation {time.perf_counter() - t0:.0f} s")
+    print(format_compare(arms, summary, baseline))
+    _write_json(a.json, {"args": vars(a), "raw": raw, "summary": summary})
+    return 1 if any("error" in r for runs in raw["results"].values() for r in runs) else 0
+
+
+def cmd_scaling(a) -> int:
+    arms = [Arm.parse(s) for s in a.arms.split(",")]
+    env = run_env(a.threads, a.omp_wait_policy)
+    rows, failed = [], False
+    t0 = time.perf_counter()
+    for size in a.sizes.split(","):
+        for prompts in (int(p) for p in a.prompts.split(",")):
+            work = ReferenceWork(size=size, prompts_per_step=prompts, steps=a.steps, warmup_steps=a.warmup)
+            raw = interleave(arms, work, a.rounds, a.threads, a.workdir, env, a.timeout)
+            failed |= any("error" in r for runs in raw["results"].values() for r in runs)
+            rows.append((work, summarise(arms, work, raw, model_shape(work, a.workdir)), raw))
+    base_work, base_summary, _ = rows[0]
+    print(f"# scaling: {a.steps} steps after {a.warmup} warm-up, {a.rounds} round(s), {a.threads} threads per arm, "
+          f"OMP_WAIT_POLICY={a.omp_wait_policy}; invocation {time.perf_counter() - t0:.0f} s")
+    head = f"{'arm':<14}{'size':>5}{'batch':>7}{'step s [min, max]':>26}{'x time':>8}{'x FLOPs':>9}{'gen tok/s':>11}{'floor/step':>12}"
+    print(head)
+    print("-" * len(head))
+    for arm in arms:
+        for work, summary, _ in rows:
+            s, b = summary[arm.name], base_summary[arm.name]
+            st = s["step_s"]
+            if st is None:
+                print(f"{arm.name:<14}{work.size:>5}{work.batch_size:>7}{'n/a':>26}")
+                continue
+            x_time = st["median"] / b["step_s"]["median"] if b["step_s"] else float("nan")
+            x_flops = (s["floor_s"]["median"] / b["floor_s"]["median"]) if s["floor_s"] and b["floor_s"] else float("nan")
+            tps = s["gen_tokens_per_s"]["median"] if s["gen_tokens_per_s"] else float("nan")
+            ff = s["floor_frac"]["median"] if s["floor_frac"] else float("nan")
+            print(f"{arm.name:<14}{work.size:>5}{work.batch_size:>7}"
+                  f"{_num(st['median']) + ' [' + _num(st['min']) + ', ' + _num(st['max']) + ']':>26}"
+                  f"{x_time:>8.2f}{x_flops:>9.2f}{tps:>11.0f}{ff:>12.3f}")
+    _write_json(a.json, {"args": vars(a), "rows": [{"work": vars(w), "summary": s, "raw": r} for w, s, r in rows]})
+    return 1 if failed else 0
+
+
+def _write_json(path: str | None, data: dict) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(data, indent=1, default=str))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    for name in ("compare", "scaling"):
+        s = sub.add_parser(name)
+        s.add_argument("--arms", default="rlkit,trl", help="comma-separated arms: trl, rlkit[:ray|local[:ranks]]")
+        s.add_argument("--rounds", type=int, default=3 if name == "compare" else 1)
+        s.add_argument("--steps", type=int, default=10 if name == "compare" else 3)
+        s.add_argument("--warmup", type=int, default=1)
+        s.add_argument("--threads", type=int, default=2, help="cores per arm (2 = all of this machine)")
+        s.add_argument("--omp-wait-policy", default="PASSIVE", help="OMP_WAIT_POLICY of every run ('' = unset)")
+        s.add_argument("--timeout", type=float, default=600, help="seconds per run")
+        s.add_argument("--workdir", default=str(DEFAULT_WORKDIR))
+        s.add_argument("--json", default=None, help="also write every record and summary to this file")
+        if name == "compare":
+            s.add_argument("--size", default="1m", choices=sorted(EXPECTED_SHAPES))
+            s.add_argument("--prompts", type=int, default=8)
+            s.add_argument("--baseline", default=None, help="arm the ratios divide by (default: trl, else the first)")
+        else:
+            s.add_argument("--sizes", default="1m,9m")
+            s.add_argument("--prompts", default="8,32", help="prompts per step to try (x8 samples each)")
+    a = p.parse_args(argv)
+    return {"compare": cmd_compare, "scaling": cmd_scaling}[a.command](a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

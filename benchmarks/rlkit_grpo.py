@@ -1,0 +1,187 @@
+"""One rlkit run of the reference work; prints one `BENCH_JSON` line of per-step measurements.
+
+    .venv/bin/python -m benchmarks.rlkit_grpo --size 1m --steps 10 --warmup 1 --threads 2 --ranks 1 --backend ray
+
+The same saved folder and prompt file as the TRL side (`benchmarks.reference_work`), the
+same step: 8 prompts x 8 samples, 16 new tokens, temperature 1, GRPO (k3 KL in the loss,
+beta 0.04, token-mean loss, clip 0.2, group-std advantages), ONE optimizer step per RL
+step over the whole batch in one micro-batch (as TRL's per_device_train_batch_size=64),
+AdamW lr 1e-4, grad clip 1.0.
+
+Threads: the run gets `--threads` cores in all (default 2, what TRL gets); each of the
+`--ranks` workers runs `threads // ranks` torch threads (`cluster.threads_per_worker`).
+Ray would otherwise give every actor OMP_NUM_THREADS=1, i.e. half the machine.
+
+Stage times come from the stats dict of `Session.step()` (the keys are in STAT_KEYS; the
+first one present is used, so the Session may name the prepare sub-stages as it likes).
+Equal work: the run fails if a step reports no learn time (a skipped update), so a batch
+whose advantages are all zero (the usual case for an untrained model) is still trained on.
+
+Status: written against the planned Session API (`rlkit.Session(cfg)`, `s.step()`);
+until the Session has `step()` this exits with a message saying so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import os
+import sys
+import tempfile
+import time
+
+from benchmarks.reference_work import (
+    DEFAULT_WORKDIR,
+    PeakRSS,
+    ReferenceWork,
+    StepRecord,
+    build_reference,
+    check_model_shape,
+    check_same_token_ids,
+    emit,
+    read_prompts,
+    starts_with_sum,
+)
+
+# StepRecord field -> stats keys of Session.step(), first present wins. Adjust here when the Session lands.
+STAT_KEYS: dict[str, tuple[str, ...]] = {
+    "step_s": ("time/step",),
+    "generate_s": ("time/generate",),
+    "ref_s": ("time/ref_logprobs", "time/prepare/ref", "time/ref"),
+    "old_s": ("time/old_logprobs", "time/prepare/old", "time/old"),
+    "learn_s": ("time/learn",),
+    "sync_s": ("time/sync",),
+    "gen_tokens_per_s": ("throughput/generate_tokens_per_s",),
+    "reward_mean": ("reward/mean",),
+}
+GEN_TOKEN_KEYS = ("generate/tokens", "response/tokens")
+"""Stats keys holding the generated token count of a step; else response/length_mean * batch."""
+
+
+def make_config(work: ReferenceWork, model_dir: str, prompts_path: str, *, ranks: int, backend: str, threads: int,
+                run_dir: str):
+    """The rlkit Config of the reference work (one place, so the equal-work settings are visible)."""
+    from rlkit.config import Config
+
+    if threads % ranks:
+        raise ValueError(f"--threads {threads} must be a multiple of --ranks {ranks}: every worker gets the same share")
+    return Config.preset(
+        "arithmetic-1m",
+        model={"path": str(model_dir), "dtype": "float32"},
+        data={"source": str(prompts_path), "train_size": work.num_prompts, "eval_size": 0, "max_prompt_len": 16,
+              "use_chat_template": False, "seed": work.seed},
+        rollout={"engine": "hf", "prompts_per_step": work.prompts_per_step, "n": work.samples_per_prompt,
+                 "temperature": work.temperature, "top_p": 1.0, "top_k": 0, "max_new_tokens": work.max_new_tokens,
+                 "seed": work.seed},
+        actor={"lr": work.lr, "weight_decay": 0.0, "warmup_steps": 0, "lr_schedule": "constant", "grad_clip": 1.0,
+               "mini_batch_size": work.batch_size, "micro_batch_size": work.batch_size // ranks, "ppo_epochs": 1,
+               "entropy_coef": 0.0, "gradient_checkpointing": False, "offload": False},
+        algo={"name": "grpo", "kl_coef": work.beta, "kl_kind": "k3", "kl_in_reward": False, "loss_agg": "token-mean",
+              "clip_low": 0.2, "clip_high": 0.2, "norm_adv_by_std": True, "dynamic_sampling": False},
+        cluster={"backend": backend, "nodes": 1, "devices_per_node": ranks, "threads_per_worker": threads // ranks,
+                 "device": "cpu"},
+        logging={"run_dir": run_dir, "wandb": False, "dashboard": False, "eval_every": 0, "save_every": 0},
+        seed=work.seed,
+    )
+
+
+def _first(stats: dict, keys: tuple[str, ...]):
+    for k in keys:
+        if k in stats and stats[k] is not None:
+            return float(stats[k])
+    return None
+
+
+def step_record(index: int, stats: dict, batch: int) -> StepRecord:
+    """A StepRecord from one `Session.step()` stats dict; raises if the step did no learning (unequal work)."""
+    values = {name: _first(stats, keys) for name, keys in STAT_KEYS.items()}
+    if values["step_s"] is None:
+        raise KeyError(f"Session.step() stats have no {STAT_KEYS['step_s']}; keys: {sorted(stats)}")
+    if not values["learn_s"]:
+        raise RuntimeError(f"step {index}: no learn time in the stats ({STAT_KEYS['learn_s']}): the update was "
+                           "skipped or not timed, so rlkit did less work than TRL")
+    tokens = _first(stats, GEN_TOKEN_KEYS)
+    if tokens is None and "response/length_mean" in stats:
+        tokens = float(stats["response/length_mean"]) * batch
+    if tokens is None and values["gen_tokens_per_s"] and values["generate_s"]:
+        tokens = values["gen_tokens_per_s"] * values["generate_s"]
+    if values["gen_tokens_per_s"] is None and tokens and values["generate_s"]:
+        values["gen_tokens_per_s"] = tokens / values["generate_s"]
+    memory = {k: v for k, v in stats.items() if k.startswith("memory/")}
+    prepare = stats.get("time/prepare")
+    return StepRecord(step=index, gen_tokens=int(round(tokens or 0)),
+                      extra={"prepare_s": prepare, **memory}, **values)
+
+
+def _session_kwargs(session_cls) -> dict:
+    """Hand the reference reward to the Session when it takes one (else its built-in rule reward is used)."""
+    params = inspect.signature(session_cls).parameters
+    for name in ("reward_fn", "reward"):
+        if name in params:
+            # rlkit reward rules take (response_text, ground_truth, eos_seen)
+            return {name: lambda text, truth, eos: starts_with_sum(text, truth)}
+    return {}
+
+
+def run(work: ReferenceWork, *, threads: int, ranks: int, backend: str, workdir: str) -> dict:
+    """Run the Session on `work` and return (and print) the measurement record."""
+    import torch
+
+    torch.set_num_threads(threads // ranks if backend == "local" else 1)  # the driver only orchestrates under Ray
+    import rlkit
+
+    session_cls = rlkit.Session
+    if not callable(getattr(session_cls, "step", None)):
+        sys.exit("benchmarks.rlkit_grpo: rlkit.Session has no step() yet (the Session's RL stages are being built); "
+                 "this side runs once `rlkit.Session(cfg).step()` returns a stats dict")
+
+    from transformers import AutoModelForCausalLM
+
+    model_dir, prompts_path = build_reference(work, workdir)
+    rows = read_prompts(prompts_path)
+    check_same_token_ids(model_dir, rows)
+    num_params = check_model_shape(AutoModelForCausalLM.from_pretrained(model_dir), work.size)
+    run_dir = tempfile.mkdtemp(prefix="rlkit-bench-run-", dir=workdir)
+    cfg = make_config(work, model_dir, prompts_path, ranks=ranks, backend=backend, threads=threads, run_dir=run_dir)
+
+    records: list[StepRecord] = []
+    with PeakRSS() as rss:
+        t0 = time.perf_counter()
+        session = session_cls(cfg, **_session_kwargs(session_cls))
+        startup_s = time.perf_counter() - t0
+        try:
+            for i in range(work.total_steps):
+                stats = session.step()
+                if i >= work.warmup_steps:
+                    records.append(step_record(i - work.warmup_steps, stats, work.batch_size))
+        finally:
+            session.close()
+        total_s = time.perf_counter() - t0
+    return emit(
+        "rlkit", work, records,
+        num_params=num_params, threads=threads, ranks=ranks, backend=backend, total_s=total_s, startup_s=startup_s,
+        peak_rss_self_mb=PeakRSS.self_peak_bytes() / 2**20, peak_rss_tree_mb=rss.tree_peak_bytes / 2**20,
+        versions={"rlkit": rlkit.__version__, "torch": torch.__version__},
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--size", default="1m", choices=["1m", "9m"])
+    p.add_argument("--prompts-per-step", type=int, default=8)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--threads", type=int, default=2, help="torch threads in all, split evenly over the ranks")
+    p.add_argument("--ranks", type=int, default=1, help="data-parallel workers (FSDP ranks)")
+    p.add_argument("--backend", default="ray", choices=["ray", "local"])
+    p.add_argument("--workdir", default=str(DEFAULT_WORKDIR), help="where the model folder and prompt file are kept")
+    a = p.parse_args(argv)
+    if a.backend == "local" and a.ranks != 1:
+        p.error("--backend local runs one rank: use --ranks 1")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a throwaway local cluster (see /work/shared/NOTES.md)
+    work = ReferenceWork(size=a.size, prompts_per_step=a.prompts_per_step, steps=a.steps, warmup_steps=a.warmup)
+    run(work, threads=a.threads, ranks=a.ranks, backend=a.backend, workdir=a.workdir)
+
+
+if __name__ == "__main__":
+    main()
