@@ -1,0 +1,427 @@
+"""The `hf` rollout engine: batched KV-cache sampling on the actor's OWN parameters.
+
+It runs inside the actor's processes (HybridFlow's hybrid engine on FSDP2): no second
+copy of the model is ever built. With W > 1 ranks the parameters are gathered in
+place for the whole generation and freed afterwards:
+
+    set_reshard_after_forward(False) + unshard() on every FSDP module   # the "sync"
+    generate (each forward finds its parameters already gathered: no collective per token)
+    set_reshard_after_forward(True) + reshard()                          # back to shards
+
+(`unshard()` on the root alone leaves the decoder layers sharded, and with
+reshard-after-forward on, every layer would be re-gathered at every token.)
+With W = 1 the shard already IS the full parameter and FSDP2's "unshard" is a local
+copy (`FSDPParamGroup.wait_for_unshard`), so gathering everything at once would hold a
+second full copy: there the engine leaves FSDP's per-layer copy in place (one layer at
+a time, freed after its forward) unless `keep_unsharded=True` is asked for.
+
+Sampling is our own loop over transformers' forward with a `DynamicCache` (not
+`generate()`): one place decides positions, EOS, stop strings and the log-prob
+convention, and finished rows are dropped from the cache as they end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import Any, Iterator, Sequence
+
+import psutil
+import torch
+from torch import nn
+
+from rlkit.batch import Batch
+from rlkit.rollout.sampling import SamplingParams, expand_indices, next_tokens, rank_seed
+
+# ----------------------------------------------------------------------------- the sampling loop
+
+
+@dataclass
+class Responses:
+    """What one sampling loop produced for b prompts (one row each), right-padded to T."""
+
+    ids: torch.Tensor
+    """(b, T) long: sampled tokens; `pad_id` after each row's end."""
+    mask: torch.Tensor
+    """(b, T) long: 1 up to and including the token that ended the row (EOS / stop), 0 after."""
+    logprobs: torch.Tensor
+    """(b, T) float32: log_softmax(logits / T_logprob)[token], 0 on padding."""
+    forward_calls: int
+    """Model forward passes run (1 prefill + decode steps)."""
+
+
+class StopStrings:
+    """Detects stop strings at the end of each row's generated text.
+
+    Checked after every token, so a stop string first appears in a window that ends
+    with the newest token: only the last `window` tokens are decoded. A character is
+    at most 4 UTF-8 bytes and every byte-level token carries at least one byte, so
+    `4 * longest + 8` tokens always cover the string (the 8 absorbs tokens that decode
+    to nothing, such as special tokens).
+    """
+
+    def __init__(self, tokenizer: Any, stops: Sequence[str]):
+        if stops and tokenizer is None:
+            raise ValueError("SamplingParams.stop needs a tokenizer to decode text; the engine has none "
+                             "(pass tokenizer_path to the actor or use stop_token_ids)")
+        self.tokenizer, self.stops = tokenizer, list(stops)
+        self.window = 4 * max((len(s) for s in self.stops), default=0) + 8
+
+    def __bool__(self) -> bool:
+        return bool(self.stops)
+
+    def hits(self, generated: torch.Tensor) -> torch.Tensor:
+        """(b, t) tokens generated so far -> (b,) bool: the text ends a stop string."""
+        texts = self.tokenizer.batch_decode(generated[:, -self.window:].tolist(), skip_special_tokens=True)
+        return torch.tensor([any(s in text for s in self.stops) for text in texts], dtype=torch.bool)
+
+
+def trim_left_padding(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drop the leading columns that are padding in every row (keeps at least one). (b, P) -> (b, P')."""
+    used = prompt_mask.bool().any(0).nonzero()
+    first = min(int(used[0]) if len(used) else prompt_ids.shape[1] - 1, prompt_ids.shape[1] - 1)
+    return prompt_ids[:, first:], prompt_mask[:, first:]
+
+
+def check_left_padded(prompt_mask: torch.Tensor, where: str) -> None:
+    """Raise naming the first row whose mask is not 0...0 1...1 (generation continues from column P-1)."""
+    mask = prompt_mask.long()
+    bad = ((mask[:, 1:] - mask[:, :-1]) < 0).any(-1) | (mask[:, -1] == 0)
+    if bad.any():
+        row = int(bad.nonzero()[0])
+        raise ValueError(
+            f"{where}: prompt row {row} is not left-padded (prompt_mask {mask[row].tolist()}); prompts must end "
+            "at the last column (use rlkit.data.encode_prompts, which left-pads)"
+        )
+
+
+@torch.no_grad()
+def sample_responses(
+    model: nn.Module,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    params: SamplingParams,
+    *,
+    eos_ids: Sequence[int],
+    pad_id: int,
+    generator: torch.Generator | None = None,
+    stop_strings: StopStrings | None = None,
+) -> Responses:
+    """Sample one response per row of left-padded prompts with a KV cache.
+
+    `model` is any transformers causal LM (an FSDP-wrapped one too) called as
+    `model(input_ids, attention_mask, position_ids, past_key_values, use_cache, logits_to_keep)`.
+    Positions count real tokens only (`cumsum(mask) - 1`), exactly as the trainer's
+    forward (`rlkit.workers.batching.sequence_inputs`) numbers them, so the log-probs
+    match its recomputation. Rows that end are dropped from the cache.
+    """
+    device = prompt_ids.device
+    prompt_ids, mask = trim_left_padding(prompt_ids, prompt_mask.long())
+    b, budget = prompt_ids.shape[0], params.max_new_tokens
+    stop_ids = torch.tensor(sorted(set(eos_ids) | set(params.stop_token_ids)), dtype=torch.long, device=device)
+
+    out_ids = torch.full((b, budget), pad_id, dtype=torch.long, device=device)  # (b, T_max)
+    out_logprobs = torch.zeros((b, budget), dtype=torch.float32, device=device)
+    lengths = torch.full((b,), budget, dtype=torch.long, device=device)  # tokens incl. the ending one
+    active = torch.arange(b, device=device)  # original row of each row still in the cache
+
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (b, P)
+    out = model(input_ids=prompt_ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+    cache, logits = out.past_key_values, out.logits[:, -1]  # logits (b_active, V)
+    next_position = mask.sum(-1)  # (b_active,) position of the token being generated
+    calls = 1
+    for t in range(budget):
+        tokens, logprobs = next_tokens(logits, params, generator)  # (b_active,) each
+        out_ids[active, t] = tokens
+        out_logprobs[active, t] = logprobs
+        ended = torch.isin(tokens, stop_ids)
+        if stop_strings:
+            ended |= stop_strings.hits(out_ids[active, : t + 1]).to(device)
+        lengths[active[ended]] = t + 1
+        if t == budget - 1 or bool(ended.all()):
+            break
+        if bool(ended.any()):  # drop finished rows: later steps cost only the rows still going
+            keep = (~ended).nonzero().squeeze(-1)
+            cache.batch_select_indices(keep)
+            active, tokens, mask, next_position = active[keep], tokens[keep], mask[keep], next_position[keep]
+        mask = torch.cat([mask, mask.new_ones(len(active), 1)], dim=1)
+        out = model(
+            input_ids=tokens[:, None],
+            attention_mask=mask,
+            position_ids=next_position[:, None],
+            past_key_values=cache,
+            use_cache=True,
+        )
+        logits = out.logits[:, -1]
+        next_position = next_position + 1
+        calls += 1
+
+    width = max(1, int(lengths.max()))
+    valid = torch.arange(width, device=device)[None, :] < lengths[:, None]  # (b, T)
+    ids = torch.where(valid, out_ids[:, :width], torch.full_like(out_ids[:, :width], pad_id))
+    logprobs = torch.where(valid, out_logprobs[:, :width], torch.zeros_like(out_logprobs[:, :width]))
+    return Responses(ids=ids, mask=valid.long(), logprobs=logprobs, forward_calls=calls)
+
+
+# ----------------------------------------------------------------------------- in-place gathering
+
+
+@dataclass
+class SyncStats:
+    """One weight "sync" of the hf engine: gathering the actor's shards in place for generation."""
+
+    mode: str
+    """"gathered" (every FSDP module unsharded for the whole generation) or "per-layer" (FSDP's own
+    per-forward gather, one layer at a time; nothing is held, so the sync is empty)."""
+    seconds: float = 0.0
+    """Wall time of the unshard (all-gathers included)."""
+    bytes: int = 0
+    """Bytes of unsharded parameter storage the gather materialised, measured on the tensors."""
+    peak_extra_bytes: int = 0
+    """Measured peak extra memory during the sync: CUDA max-allocated delta on GPU, host RSS delta on CPU."""
+    world_size: int = 1
+    """Ranks the parameters are sharded over."""
+    param_bytes_sharded: int = 0
+    """Audit only (`HFEngine(audit_memory=True)`): parameter storage held before the sync (this rank's shards)."""
+    param_bytes_peak: int = 0
+    """Audit only: the most parameter storage (shards + everything gathered) alive at any module's forward
+    during generation, measured on the tensors. `peak - sharded` is what generation added."""
+
+    def as_dict(self, prefix: str = "sync") -> dict[str, float]:
+        return {f"{prefix}/{k}": float(v) for k, v in asdict(self).items() if k != "mode"}
+
+
+def parameter_storage_bytes(module: nn.Module, extra: Sequence[torch.Tensor] = ()) -> int:
+    """Bytes of the distinct storages behind `module`'s parameters (a DTensor counts its local shard) and
+    `extra` tensors, as allocated right now (an FSDP module's storage is 0 bytes while resharded)."""
+    seen: dict[int, int] = {}
+    for tensor in [*module.parameters(), *extra]:
+        local = getattr(tensor, "_local_tensor", tensor)  # DTensor -> this rank's shard
+        storage = local.untyped_storage()
+        if storage.nbytes():
+            seen[storage.data_ptr()] = storage.nbytes()
+    return sum(seen.values())
+
+
+@contextmanager
+def audit_parameter_memory(fsdp_modules: Sequence[nn.Module], root: nn.Module, stats: SyncStats) -> Iterator[None]:
+    """Record in `stats` the parameter storage held before generation and its peak during it.
+
+    A forward pre-hook on every FSDP module (it runs after FSDP's own pre-hook, so the module's
+    parameters are gathered by then) sums the distinct storages of all parameters and of the
+    shards taken before the gather. Walks every parameter at every module call: for tests and
+    benchmarks, not for training runs.
+    """
+    shards = [getattr(p, "_local_tensor", p) for p in root.parameters()]  # this rank's shards, kept alive by FSDP
+    stats.param_bytes_sharded = parameter_storage_bytes(root, shards)
+    stats.param_bytes_peak = stats.param_bytes_sharded
+
+    def hook(module, args):
+        stats.param_bytes_peak = max(stats.param_bytes_peak, parameter_storage_bytes(root, shards))
+
+    handles = [module.register_forward_pre_hook(hook) for module in fsdp_modules]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _memory_now(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.memory_allocated(device)
+    return psutil.Process().memory_info().rss
+
+
+@contextmanager
+def gathered_for_generation(fsdp_modules: Sequence[nn.Module], root: nn.Module, device: torch.device,
+                            world_size: int, keep_unsharded: bool) -> Iterator[SyncStats]:
+    """Make a sharded model ready to generate; yield the sync's measurements; reshard on exit.
+
+    `fsdp_modules`: every FSDP module, decoder layers first, root (`root`) last. On exit
+    the layers get reshard-after-forward back on and the root off (FSDP2's defaults:
+    the root keeps its parameters between forward and backward), then every module is
+    resharded, which frees all gathered storage.
+    """
+    stats = SyncStats(mode="gathered" if keep_unsharded else "per-layer", world_size=world_size)
+    for module in fsdp_modules:
+        # Start from shards only: after a forward without backward (log-probs) FSDP2 leaves the
+        # root's parameters gathered.
+        module.reshard()
+    try:
+        if keep_unsharded:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+                torch.cuda.reset_peak_memory_stats(device)
+            before = _memory_now(device)
+            start = time.perf_counter()
+            for module in fsdp_modules:
+                module.set_reshard_after_forward(False, recurse=False)
+            for module in fsdp_modules:
+                module.unshard()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            stats.seconds = time.perf_counter() - start
+            # After unshard the module's parameters ARE the gathered tensors (DTensor shards are
+            # no longer registered), so this counts what the gather allocated.
+            stats.bytes = parameter_storage_bytes(root)
+            peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else _memory_now(device)
+            stats.peak_extra_bytes = max(0, peak - before)
+        yield stats
+    finally:
+        for module in fsdp_modules:
+            module.set_reshard_after_forward(module is not root, recurse=False)
+        for module in fsdp_modules:
+            module.reshard()
+
+
+# ----------------------------------------------------------------------------- the engine
+
+
+class HFEngine:
+    """Generation with transformers on a `ShardedModel`'s own parameters (the embedded default engine).
+
+    ```python
+    engine = HFEngine(policy.model, policy.tokenizer, rank=ctx.rank, seed=cfg.rollout.seed)
+    out = engine.generate(prompts, SamplingParams(n=4, temperature=1.0, max_new_tokens=16))
+    engine.last_sync      # SyncStats of the in-place gather
+    ```
+    """
+
+    name = "hf"
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any = None,
+        *,
+        rank: int = 0,
+        seed: int = 0,
+        keep_unsharded: bool | None = None,
+        eos_token_ids: Sequence[int] | None = None,
+        pad_token_id: int | None = None,
+        audit_memory: bool = False,
+    ):
+        """
+        model: an `rlkit.workers.sharded.ShardedModel` (causal LM): uses `module`, `fsdp_modules`,
+            `device`, `world_size`, `config`.
+        tokenizer: decodes `response_text` and stop strings (None: no text).
+        rank, seed: this rank's sampler seed is derived from both (see `SamplingParams.seed`).
+        keep_unsharded: gather every module for the whole generation. None = when world_size > 1
+            (with one rank it would be a second full copy, see the module docstring).
+        eos_token_ids / pad_token_id: default to the tokenizer's, then the model config's.
+        audit_memory: also measure the parameter storage alive during generation (`SyncStats.param_bytes_*`;
+            slows generation down, for tests and benchmarks).
+        """
+        if getattr(model, "kind", "causal_lm") != "causal_lm":
+            raise ValueError(f"HFEngine needs a causal LM ShardedModel, got kind={model.kind!r}")
+        self.model, self.tokenizer = model, tokenizer
+        self.rank, self.seed = rank, seed
+        world = getattr(model, "world_size", 1)
+        self.keep_unsharded = world > 1 if keep_unsharded is None else keep_unsharded
+        self.eos_ids = list(eos_token_ids) if eos_token_ids is not None else _eos_ids(tokenizer, model.config)
+        if not self.eos_ids:
+            raise ValueError("HFEngine: no EOS token id in the tokenizer or the model config; pass eos_token_ids")
+        self.pad_id = pad_token_id if pad_token_id is not None else _pad_id(tokenizer, model.config, self.eos_ids)
+        self.audit_memory = audit_memory
+        self.calls = 0
+        self.last_sync: SyncStats | None = None
+        self.last_stats: dict[str, float] = {}
+
+    # ---------------------------------------------------------------- public
+
+    def generate(self, prompts: Batch, params: SamplingParams, *, group_offset: int = 0) -> Batch:
+        """Sample `params.n` responses per prompt row.
+
+        Returns n * B rows, prompt-major (rows i*n .. i*n+n-1 belong to prompt i), with the prompt
+        fields, the text fields and `group_id` of their prompt (its own `group_id`, or
+        `group_offset + i` when the batch has none), and the response fields `response_ids`,
+        `response_mask`, `rollout_logprobs`, `response_text` (when there is a tokenizer).
+        Other fields of `prompts` are not carried over.
+        """
+        params.validate()
+        if prompts.prompt_ids is None:
+            raise ValueError(f"{self.name} engine: the Batch has no prompt_ids (fields set: {prompts.present_fields()})")
+        prompt_mask = prompts.prompt_mask if prompts.prompt_mask is not None else torch.ones_like(prompts.prompt_ids)
+        check_left_padded(prompt_mask, f"{self.name} engine")
+        group_id = prompts.group_id if prompts.group_id is not None else (
+            torch.arange(len(prompts)) + group_offset)
+        base = Batch(prompt_ids=prompts.prompt_ids, prompt_mask=prompt_mask, group_id=group_id.long(),
+                     prompt_text=prompts.prompt_text, ground_truth=prompts.ground_truth, batch_size=[len(prompts)])
+        rows = base.select(expand_indices(len(prompts), params.n))  # (n*B) rows, prompt-major
+
+        device = self.model.device
+        generator = None
+        if not params.greedy:
+            seed = params.seed if params.seed is not None else self.seed * 7919 + self.calls
+            generator = torch.Generator(device=device).manual_seed(rank_seed(seed, self.rank))
+        stops = StopStrings(self.tokenizer, params.stop)
+        self.calls += 1
+
+        module = self.model.module
+        was_training = module.training
+        module.eval()  # transformers turns the KV cache off under gradient checkpointing in train mode
+        start = time.perf_counter()
+        fsdp_modules, world = self.model.fsdp_modules, getattr(self.model, "world_size", 1)
+        audit = SyncStats(mode="")
+        try:
+            with contextlib.ExitStack() as stack:
+                if self.audit_memory:
+                    for fsdp_module in fsdp_modules:
+                        fsdp_module.reshard()  # the audit's baseline is the shards alone
+                    stack.enter_context(audit_parameter_memory(fsdp_modules, module, audit))
+                sync = stack.enter_context(gathered_for_generation(fsdp_modules, module, device, world,
+                                                                   self.keep_unsharded))
+                responses = sample_responses(
+                    module, rows.prompt_ids.to(device), rows.prompt_mask.to(device), params,
+                    eos_ids=self.eos_ids, pad_id=self.pad_id, generator=generator, stop_strings=stops,
+                )
+        finally:
+            module.train(was_training)
+        seconds = time.perf_counter() - start
+        sync.param_bytes_sharded, sync.param_bytes_peak = audit.param_bytes_sharded, audit.param_bytes_peak
+        self.last_sync = sync
+        new_tokens = int(responses.mask.sum())
+        self.last_stats = {"engine_seconds": seconds, "new_tokens": float(new_tokens),
+                           "new_tokens_per_s": new_tokens / seconds if seconds > 0 else 0.0,
+                           "forward_calls": float(responses.forward_calls), **sync.as_dict()}
+
+        response_ids, response_mask = responses.ids.cpu(), responses.mask.cpu()
+        text = None
+        if self.tokenizer is not None:
+            text = [self.tokenizer.decode(ids[m.bool()].tolist(), skip_special_tokens=True)
+                    for ids, m in zip(response_ids, response_mask)]
+        return rows.replace(response_ids=response_ids, response_mask=response_mask,
+                            rollout_logprobs=responses.logprobs.cpu(), response_text=text)
+
+
+def _eos_ids(tokenizer: Any, config: Any) -> list[int]:
+    """EOS ids from the tokenizer, else the model's generation/config (may be an int or a list)."""
+    candidates = [getattr(tokenizer, "eos_token_id", None), getattr(config, "eos_token_id", None)]
+    for value in candidates:
+        if value is not None:
+            return [int(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
+    return []
+
+
+def _pad_id(tokenizer: Any, config: Any, eos_ids: list[int]) -> int:
+    for value in (getattr(tokenizer, "pad_token_id", None), getattr(config, "pad_token_id", None)):
+        if value is not None:
+            return int(value)
+    return eos_ids[0]  # any valid id: padding is masked
+
+
+__all__ = [
+    "HFEngine",
+    "Responses",
+    "SyncStats",
+    "StopStrings",
+    "sample_responses",
+    "gathered_for_generation",
+    "audit_parameter_memory",
+    "parameter_storage_bytes",
+    "check_left_padded",
+    "trim_left_padding",
+]

@@ -1,0 +1,165 @@
+"""`HybridActor`: HybridFlow's ActorRollout worker, a policy and its rollout engine in one process.
+
+A role class for a `WorkerGroup`, built by composition: it HAS a `PolicyWorker` (the
+FSDP2-sharded trainable model, its optimizer, residency and stats) and an `HFEngine`
+that generates on that same model's parameters. Nothing is inherited; the training
+methods are small explicit delegations, so the group exposes one `actor` role that
+can `generate`, `compute_logprobs` and `update`.
+
+```python
+group = WorkerGroup(pool, {"actor": RoleSpec(HybridActor, kwargs={
+    "model": "/path/to/model", "optim": {"lr": 1e-5}, "rollout": cfg.rollout})})
+prompts = Batch.from_prompts(ids, mask, prompt_text=texts)       # B prompts
+samples = group.actor.generate(prompts, SamplingParams(n=4))   # 4B rows, group_id = prompt row
+samples = samples.replace(old_logprobs=group.actor.compute_logprobs(samples).old_logprobs)
+```
+
+Samples per prompt: the driver sends prompts; each rank expands its own prompts n
+times (rows of one prompt stay on one rank, consecutive). `group_id` is the prompt's
+row index in the batch the driver sent (or the batch's own `group_id` when set): the
+`split` protocol gives rank r the contiguous rows `[r*m, (r+1)*m)`, so rank r numbers
+its prompts from `r*m`, and groups agree across ranks without any communication.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any
+
+import torch
+
+from rlkit.batch import Batch
+from rlkit.cluster import WorkerContext, register
+from rlkit.rollout.hf import HFEngine, SyncStats
+from rlkit.rollout.sampling import SamplingParams
+from rlkit.workers.policy import PolicyWorker
+
+
+class HybridActor:
+    """The actor role that also generates: `PolicyWorker` + `HFEngine` on the same parameters."""
+
+    def __init__(
+        self,
+        ctx: WorkerContext,
+        *,
+        rollout: Any = None,
+        keep_unsharded: bool | None = None,
+        **policy_kwargs: Any,
+    ):
+        """
+        rollout: an `rlkit.config.RolloutConfig` or a dict of `SamplingParams` fields (+ `seed`): the
+            default sampling of `generate` and the engine's base seed. None: `SamplingParams()` defaults.
+        keep_unsharded: see `HFEngine` (None: gather in place for generation when world_size > 1).
+        policy_kwargs: the `PolicyWorker` constructor's (model, optim, mini_batch_size, micro_batch_size,
+            tokenizer_path, seed, ...). `temperature` defaults to the rollout temperature, so that the
+            trainer's log-probs are those of the distribution the engine samples from.
+        """
+        self.ctx = ctx
+        if isinstance(rollout, dict):
+            rollout = dict(rollout)
+            base_seed = int(rollout.pop("seed", 0) or 0)
+            self.sampling = SamplingParams.coerce(rollout, SamplingParams())
+        elif rollout is not None:
+            base_seed = int(getattr(rollout, "seed", 0) or 0)
+            self.sampling = SamplingParams.from_config(rollout)
+        else:
+            base_seed, self.sampling = 0, SamplingParams()
+        policy_kwargs.setdefault("temperature", self.sampling.logprob_temperature)
+        self.policy = PolicyWorker(ctx, **policy_kwargs)
+        self.engine = HFEngine(self.policy.model, self.policy.tokenizer, rank=ctx.rank, seed=base_seed,
+                               keep_unsharded=keep_unsharded)
+        self._warned_temperature = False
+
+    # ------------------------------------------------------------------ rollout
+
+    @register("split")
+    def generate(self, batch: Batch, sampling: SamplingParams | dict | None = None) -> Batch:
+        """n samples per prompt row of this rank's share (see the module docstring for `group_id`).
+
+        `sampling`: SamplingParams, a dict of fields to change in the role's default, or None.
+        Returns n rows per prompt with `response_ids`, `response_mask`, `rollout_logprobs`,
+        `response_text` and `group_id`.
+        """
+        params = SamplingParams.coerce(sampling, self.sampling)
+        self._check_temperature(params)
+        with self.policy.residency.on_device(), self.policy.stats.measure("generate", backward=False) as info:
+            out = self.engine.generate(batch, params, group_offset=self.ctx.rank * len(batch))
+            info["tokens"] = out.num_tokens()
+            info["seq_len"] = float(out.prompt_ids.shape[1] + out.response_ids.shape[1])
+        info["stats"].update({f"{self.policy.name}/generate/{k}": v for k, v in self.engine.last_stats.items()})
+        return out
+
+    @register("broadcast")
+    def last_sync(self) -> dict[str, Any] | None:
+        """This rank's measurements of the last in-place gather (`SyncStats` as a dict), or None."""
+        sync: SyncStats | None = self.engine.last_sync
+        return None if sync is None else {"mode": sync.mode, **sync.as_dict(prefix="sync")}
+
+    def _check_temperature(self, params: SamplingParams) -> None:
+        # The trainer recomputes log-probs at ONE temperature; sampling at another makes
+        # rollout_logprobs and old_logprobs disagree (fine for evaluation, wrong for PPO ratios).
+        if not params.greedy and params.temperature != self.policy.temperature and not self._warned_temperature:
+            self._warned_temperature = True
+            warnings.warn(
+                f"{self.policy.name}.generate: sampling temperature {params.temperature} differs from the "
+                f"temperature the actor computes log-probs at ({self.policy.temperature}); rollout_logprobs "
+                "will not match old_logprobs (set rollout.temperature for training runs)",
+                stacklevel=2,
+            )
+
+    # ------------------------------------------------------------------ delegated to the policy
+
+    @register("split")
+    def compute_logprobs(self, batch: Batch, field: str = "old_logprobs") -> Batch:
+        """See `PolicyWorker.compute_logprobs`."""
+        return self.policy.compute_logprobs(batch, field)
+
+    @register("split")
+    def compute_entropy(self, batch: Batch) -> list[float]:
+        """See `PolicyWorker.compute_entropy`."""
+        return self.policy.compute_entropy(batch)
+
+    @register("split")
+    def update(self, batch: Batch, loss_fn: Any, **kwargs: Any) -> dict[str, float]:
+        """See `PolicyWorker.update` (mini_batch_size / micro_batch_size / epochs keywords)."""
+        return self.policy.update(batch, loss_fn, **kwargs)
+
+    @register("rank0")
+    def save_checkpoint(self, path: str | os.PathLike, extra: dict | None = None) -> str:
+        """See `PolicyWorker.save_checkpoint`; the engine's call counter rides in `extra`."""
+        return self.policy.save_checkpoint(path, {**(extra or {}), "rollout_calls": self.engine.calls})
+
+    @register("rank0")
+    def load_checkpoint(self, path: str | os.PathLike) -> dict:
+        """See `PolicyWorker.load_checkpoint`; restores the engine's call counter (sampling resumes exactly)."""
+        extra = dict(self.policy.load_checkpoint(path))
+        self.engine.calls = int(extra.pop("rollout_calls", self.engine.calls))
+        return extra
+
+    @register("rank0")
+    def save_pretrained(self, path: str | os.PathLike) -> str:
+        """See `PolicyWorker.save_pretrained`."""
+        return self.policy.save_pretrained(path)
+
+    @register("rank0")
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """See `PolicyWorker.full_state_dict`."""
+        return self.policy.full_state_dict()
+
+    @register("broadcast")
+    def pop_stats(self) -> list[dict[str, float]]:
+        """See `PolicyWorker.pop_stats` (generate calls included)."""
+        return self.policy.pop_stats()
+
+    @register("rank0")
+    def optimizer_steps(self) -> int:
+        return self.policy.optimizer_steps()
+
+    @staticmethod
+    def kwargs_from_config(cfg: Any) -> dict[str, Any]:
+        """Constructor kwargs from an `rlkit.config.Config` (the policy's plus the rollout section)."""
+        return {**PolicyWorker.kwargs_from_config(cfg), "rollout": cfg.rollout}
+
+
+__all__ = ["HybridActor"]
