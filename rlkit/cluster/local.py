@@ -50,6 +50,12 @@ def _release_dist() -> None:
         _dist_owned = False
 
 
+def _add_note(exc: BaseException, note: str) -> None:
+    # Keep the worker's own exception (so %debug lands in its frame) and say where it came from.
+    if hasattr(exc, "add_note"):  # Python >= 3.11
+        exc.add_note(note)
+
+
 def local_device(pool: ResourcePool | None) -> torch.device:
     """cuda:0 when the pool asks for CUDA (or "auto" and CUDA is available here), else cpu."""
     kind = pool.device if pool is not None else "auto"
@@ -85,8 +91,8 @@ class LocalBackend:
                 try:
                     self.host.construct(role, spec.cls, spec.kwargs)
                 except Exception as exc:
-                    exc.add_note(f"rlkit: raised while building role {role!r} ({spec.cls.__qualname__}) "
-                                 f"on rank 0 of 1 (local backend, {self.label})")
+                    _add_note(exc, f"rlkit: raised while building role {role!r} ({spec.cls.__qualname__}) "
+                                   f"on rank 0 of 1 (local backend, {self.label})")
                     raise
         except BaseException:
             self.close()
@@ -100,7 +106,7 @@ class LocalBackend:
         try:
             value = self.host.call(role, method, args, kwargs)
         except Exception as exc:
-            exc.add_note(f"rlkit: raised in {role}.{method} on rank 0 of 1 (local backend, {self.label})")
+            _add_note(exc, f"rlkit: raised in {role}.{method} on rank 0 of 1 (local backend, {self.label})")
             return LocalFuture(error=exc)
         try:
             return LocalFuture(value=finish([value]))

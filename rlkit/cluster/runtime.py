@@ -13,6 +13,7 @@ fixture) is joined and left running.
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import tempfile
@@ -162,6 +163,9 @@ class ClusterRuntime:
             log_to_driver=True,
         )
         self.owns_ray = True
+        # Ray shuts itself down at exit; this also removes our session folder (registered after
+        # ray.init, so it runs before Ray's own exit hook).
+        atexit.register(self.close)
         return self
 
     def close(self) -> None:
@@ -173,8 +177,10 @@ class ClusterRuntime:
         if _LIVE is self:
             _LIVE = None
         # Everything dies with Ray, but close what we own explicitly so pools/groups know it.
+        from rlkit.cluster.group import WorkerGroup
+
         owned = [obj for obj, owner in list(_TRACKED.items()) if self.owns_ray or owner is self]
-        for obj in sorted(owned, key=lambda o: 0 if hasattr(o, "roles") else 1):  # groups before pools
+        for obj in sorted(owned, key=lambda o: 0 if isinstance(o, WorkerGroup) else 1):  # groups before pools
             try:
                 obj.close()
             except Exception:  # noqa: BLE001 - best effort, the process is going away
