@@ -60,7 +60,7 @@ class RayBackend:
         self.pids: list[int] = []
         self.node_ids: list[str] = []
         self.role_names: list[str] = []
-        self.dead: WorkerDiedError | None = None
+        self.dead: tuple[int, str, str] | None = None  # (rank, call that found it dead, Ray's cause)
 
     # ---- start-up -----------------------------------------------------------------------------
 
@@ -123,15 +123,15 @@ class RayBackend:
 
     def _wait_all(self, step: str, refs: list) -> list:
         """Results of a start-up step on every rank; a dead actor becomes a `WorkerDiedError`."""
-        role = "(start-up: " + step + ")"
-        return RayFuture(refs, role, step, lambda values: values, self._death, self.world_size).result()
+        on_death = lambda rank, cause: self._death(rank, f"(while starting the group: {step}) {cause}")  # noqa: E731
+        return RayFuture(refs, "(start-up)", step, lambda values: values, on_death, self.world_size).result()
 
     # ---- calls --------------------------------------------------------------------------------
 
     def _death(self, rank: int, cause: str, role: str = "", method: str | None = None) -> WorkerDiedError:
         error = WorkerDiedError(role or ", ".join(self.role_names), method, rank, self.world_size,
                                 self.role_names, cause)
-        self.dead = error
+        self.dead = (rank, f"{role}.{method}" if method else "start-up", cause)
         return error
 
     def submit(self, role: str, method: str, calls: list[tuple[tuple, dict]], finish) -> WorkerFuture:
@@ -140,8 +140,9 @@ class RayBackend:
         if not self.actors:
             raise RuntimeError(f"{self.label} is closed")
         if self.dead is not None:
-            raise WorkerDiedError(role, method, self.dead.rank, self.world_size, self.role_names,
-                                  f"(found dead earlier) {self.dead}")
+            rank, during, cause = self.dead
+            raise WorkerDiedError(role, None, rank, self.world_size, self.role_names,
+                                  f"(found dead earlier, during {during}) {cause}")
         # Values passed to every rank unchanged are put in the object store once.
         shared: dict[int, _Shared] = {}
         if self.world_size > 1:

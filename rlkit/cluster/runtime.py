@@ -84,7 +84,7 @@ class ClusterRuntime:
             raise ValueError(f"num_cpus must be a positive int, got {num_cpus!r}")
         self.backend = backend
         """"ray" or "local" (the local backend never starts Ray)."""
-        self.address = address or None
+        self.address = None if address in (None, "", "local") else address
         """Ray address asked for: None starts a local cluster (or joins the one this process already has)."""
         self.num_cpus = num_cpus
         """Logical CPUs of a locally started cluster (None: `default_num_cpus()`)."""
@@ -109,8 +109,9 @@ class ClusterRuntime:
         if prev is not None:
             if prev.can_serve(rt):
                 # Same cluster wanted: free the previous runtime's workers, keep Ray (saves its start-up).
-                rt.owns_ray, rt.temp_dir = prev.owns_ray, prev.temp_dir
-                prev.owns_ray = False
+                if prev.owns_ray:
+                    rt._take_ray(prev.temp_dir)
+                    prev.owns_ray = False
             prev.close()
         rt.start()
         _LIVE = rt
@@ -149,24 +150,28 @@ class ClusterRuntime:
             return self  # joined: ownership is whatever acquire() handed over
         if self.address is not None:
             ray.init(address=self.address, log_to_driver=True)
-            self.owns_ray = True  # our driver connection (the cluster itself stays up)
+            self._take_ray(None)  # our driver connection (the cluster itself stays up)
             return self
         # A throwaway local cluster: no token auth (it would write a token under ~/.ray), no
         # dashboard (its own processes and port), session files in a short private folder.
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        self.temp_dir = _short_temp_dir()
+        temp_dir = _short_temp_dir()
         ray.init(
             address="local",
             num_cpus=self.num_cpus or default_num_cpus(),
             include_dashboard=False,
-            _temp_dir=self.temp_dir,
+            _temp_dir=temp_dir,
             log_to_driver=True,
         )
-        self.owns_ray = True
-        # Ray shuts itself down at exit; this also removes our session folder (registered after
-        # ray.init, so it runs before Ray's own exit hook).
-        atexit.register(self.close)
+        self._take_ray(temp_dir)
         return self
+
+    def _take_ray(self, temp_dir: str | None) -> None:
+        """Become responsible for shutting Ray down (and removing its session folder)."""
+        self.owns_ray, self.temp_dir = True, temp_dir
+        # Ray shuts itself down at exit; closing first also frees our workers in order and removes
+        # the session folder (registered after ray.init, so it runs before Ray's own exit hook).
+        atexit.register(self.close)
 
     def close(self) -> None:
         """Close this runtime's worker groups and pools; shut Ray down if this runtime owns it (idempotent)."""
