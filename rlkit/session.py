@@ -1,42 +1,267 @@
-"""`rlkit.Session`: the notebook's handle on a run.
+"""`rlkit.Session`: the notebook's handle on a run, and the stages of an RL step.
 
-For now only the lifecycle lives here: start or join Ray (through a `ClusterRuntime`),
-free every process on `close()` or at the end of a `with` block, and make sure that
-re-running the cell that creates a Session never leaks the previous one's processes.
-The RL stages (generate / prepare / learn ...) are added on top of this.
+```python
+s = rlkit.Session(rlkit.Config.preset("arithmetic-tiny", algo="grpo"))
+batch = s.generate()          # rollouts from the current policy
+batch = s.prepare(batch)      # scores, old/ref log-probs, values, advantages
+stats = s.learn(batch)        # critic + actor update (the hf engine needs no weight copy)
+s.train(steps=20)             # the three stages in a loop, with a progress bar and live plots
+s.evaluate()                  # greedy accuracy and pass@k on the eval split
+s.close()                     # or: with rlkit.Session(cfg) as s: ...
+```
+
+The Session owns the cluster (`ClusterRuntime`: start/join Ray, free every process
+on `close()`), one colocated worker group (actor + rollout engine, reference,
+critic, reward model: one process per device holding each role as a separate
+object), the prompt data, the algorithm and the monitor. Every stage is callable
+on its own and re-runnable on the same batch; the algorithm (a file in
+`rlkit/algos/`, or an object you pass) composes the primitives below.
+Creating a Session closes the previous live one (reusing its Ray cluster when the
+settings match), so re-running a cell never leaks worker processes.
 """
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
 from typing import Any
 
+import torch
+
+from rlkit.algos.base import get_algorithm
+from rlkit.batch import Batch
+from rlkit.cluster import RoleSpec
 from rlkit.cluster.runtime import ClusterRuntime
+from rlkit.config import Config
 
 
 class Session:
-    """Owns the cluster (and, later, the worker groups, data and algorithm) of one run.
+    """Owns the cluster, the worker group, the data, the algorithm and the monitor of one run."""
 
-    ```python
-    s = rlkit.Session(cfg)                    # local Ray cluster (or the one this process has)
-    s = rlkit.Session(cfg, address="auto")    # join a running cluster
-    s = rlkit.Session(cfg, backend="local")   # no Ray: workers in this process, breakpoint() works
-    s.close()                                 # or: with rlkit.Session(cfg) as s: ...
-    ```
-    Creating a Session closes the previous live one (reusing its Ray cluster when the
-    settings match), so re-running a cell never leaks worker processes.
-    """
-
-    def __init__(self, config: Any | None = None, *, address: str | None = None, num_cpus: int | None = None,
-                 backend: str | None = None):
-        cluster = getattr(config, "cluster", None)
+    def __init__(
+        self,
+        config: Config | None = None,
+        *,
+        algorithm: Any = None,
+        address: str | None = None,
+        num_cpus: int | None = None,
+        backend: str | None = None,
+        reward_fn: Any = None,
+        cost_fn: Any = None,
+    ):
+        """
+        config: the run's `Config`. None gives a cluster-only Session (Ray started or joined, no
+            model, data or workers): make your own groups with `s.runtime.make_group(...)`.
+        algorithm: an algorithm object (see `rlkit.algos.base.Algorithm`) instead of `config.algo.name`.
+        address: join a running Ray cluster ("auto" or an address) instead of starting one.
+        backend: "ray" (default) or "local" (one process, `breakpoint()` works in worker code).
+        reward_fn / cost_fn: rules `(response_text, ground_truth, eos_seen) -> float` replacing the task's.
+        """
+        build_workers = config is not None
+        config = Config() if config is None else config
+        config.validate()  # configs are mutable: re-check what a notebook may have edited
+        cluster = config.cluster
         self.config = config
-        """The run's `rlkit.Config` (None: cluster defaults only)."""
-        self.backend: str = backend or getattr(cluster, "backend", None) or "ray"
+        """The run's `rlkit.Config`."""
+        self.backend: str = backend or cluster.backend
         """"ray" or "local"."""
-        address = address if address is not None else (getattr(cluster, "address", None) or None)
-        num_cpus = num_cpus if num_cpus is not None else getattr(cluster, "num_cpus", None)
+        address = address if address is not None else cluster.address
+        num_cpus = num_cpus if num_cpus is not None else cluster.num_cpus
         self.runtime = ClusterRuntime.acquire(self.backend, address, num_cpus, cluster=cluster)
         """The cluster lifecycle: Ray start/join/shutdown, and every pool and worker group made under it."""
+        self.group = None
+        """The colocated worker group (roles: actor, and ref / critic / reward when the algorithm needs them)."""
+        if not build_workers:
+            return
+        try:
+            self._build(algorithm, reward_fn, cost_fn)
+        except BaseException:
+            self.close()  # never leave half-built worker processes behind
+            raise
+
+    # ------------------------------------------------------------------ build
+
+    def _build(self, algorithm, reward_fn, cost_fn) -> None:
+        from rlkit.monitor.session_monitor import SessionMonitor
+        from rlkit.rollout.hybrid import HybridActor
+        from rlkit.data.stream import PromptStream, load_driver_tokenizer, resolve_model, task_rules
+        from rlkit.workers import CriticWorker, ReferenceWorker, RewardModelWorker
+
+        cfg = self.config
+        self.algo = get_algorithm(algorithm if algorithm is not None else cfg.algo.name, cfg)
+        """The algorithm object: its `generate` / `prepare` / `actor_loss` / `after_learn` hooks."""
+        self.run_dir = run_directory(cfg)
+        """Where this run's stats, plots, samples and checkpoints are written."""
+        self.model_path = resolve_model(cfg, self.run_dir)
+        """The policy's starting weights: `model.path`, or a tiny preset built under the run directory."""
+        self.tokenizer = load_driver_tokenizer(self.model_path, cfg.model.tokenizer_path)
+        self.prompts = PromptStream(cfg, self.tokenizer)
+        """Train/eval prompt splits and the cursor over the training prompts."""
+        rules = task_rules(cfg)
+        self.reward_fn = reward_fn or rules[0]
+        self.cost_fn = cost_fn or rules[1]
+
+        model_cfg = cfg.override({"model.path": str(self.model_path)})
+        roles = {"actor": RoleSpec(HybridActor, kwargs=HybridActor.kwargs_from_config(model_cfg))}
+        if self.algo.uses_reference:
+            roles["ref"] = RoleSpec(ReferenceWorker, kwargs=ReferenceWorker.kwargs_from_config(model_cfg))
+        if self.algo.uses_critic:
+            roles["critic"] = RoleSpec(CriticWorker, kwargs=CriticWorker.kwargs_from_config(model_cfg))
+        if cfg.model.reward_model_path:
+            roles["reward"] = RoleSpec(RewardModelWorker, kwargs=RewardModelWorker.kwargs_from_config(model_cfg))
+        if cfg.model.cost_model_path:
+            roles["cost"] = RoleSpec(RewardModelWorker, kwargs=RewardModelWorker.kwargs_from_config(model_cfg, "costs"))
+        self.group = self.runtime.make_group(roles, name="rl")
+        self.steps_done = 0
+        """RL steps (generate + prepare + learn) completed."""
+        self.monitor = SessionMonitor(cfg, self.run_dir, roles=list(roles), pop_role_stats=self._pop_role_stats)
+        """Per-stage stats, the run directory's stats.jsonl, the dashboard and W&B."""
+
+    def _pop_role_stats(self) -> dict:
+        # One broadcast per role: every rank's per-call measurements since the last stage.
+        return {role: self.group[role].pop_stats() for role in self.group.roles}
+
+    # ------------------------------------------------------------------ primitives (used by algorithms)
+
+    @property
+    def cfg(self) -> Config:
+        return self.config
+
+    def next_prompts(self) -> Batch:
+        """The next `rollout.prompts_per_step` training prompts (reshuffled every pass over the data)."""
+        return self.prompts.next_train()
+
+    def rollout(self, prompts: Batch, *, n: int | None = None, greedy: bool = False) -> Batch:
+        """`n` sampled responses per prompt (default `rollout.n`), or one greedy response per prompt.
+
+        Rows keep their prompt's `group_id` = the prompt's row index in `prompts`."""
+        from rlkit.rollout.sampling import SamplingParams
+
+        r = self.config.rollout
+        params = SamplingParams(
+            n=1 if greedy else (n or r.n),
+            temperature=0.0 if greedy else r.temperature,
+            top_p=r.top_p,
+            top_k=r.top_k,
+            max_new_tokens=r.max_new_tokens,
+            stop=list(r.stop),
+        )
+        prompts = prompts.replace(group_id=torch.arange(len(prompts)))
+        return self.group.actor.generate(prompts, params)
+
+    def score(self, batch: Batch) -> Batch:
+        """`scores` (B,) from the reward model or rule, and `costs` (B,) when a cost model/rule exists."""
+        from rlkit.workers.reward_model import rule_scores
+
+        fields = {}
+        if "reward" in self.group.roles:
+            fields["scores"] = self.group.reward.score(batch).scores
+        else:
+            fields["scores"] = rule_scores(batch, self.reward_fn, self.tokenizer)
+        if "cost" in self.group.roles:
+            fields["costs"] = self.group.cost.score(batch).costs
+        elif self.cost_fn is not None:
+            fields["costs"] = rule_scores(batch, self.cost_fn, self.tokenizer)
+        return batch.replace(**fields)
+
+    def compute_old_logprobs(self, batch: Batch) -> Batch:
+        return batch.replace(old_logprobs=self.group.actor.compute_logprobs(batch, "old_logprobs").old_logprobs)
+
+    def compute_ref_logprobs(self, batch: Batch) -> Batch:
+        return batch.replace(ref_logprobs=self.group.ref.compute_logprobs(batch, "ref_logprobs").ref_logprobs)
+
+    def compute_values(self, batch: Batch) -> Batch:
+        return batch.replace(values=self.group.critic.compute_values(batch).values)
+
+    def update_actor(self, batch: Batch) -> dict:
+        from rlkit.workers import interleave_minibatches
+
+        ordered = interleave_minibatches(batch, self.group.world_size, self.config.actor.mini_batch_size)
+        return self.group.actor.update(ordered, self.algo.actor_loss)[0]
+
+    def update_critic(self, batch: Batch) -> dict:
+        from rlkit.workers import interleave_minibatches
+
+        ordered = interleave_minibatches(batch, self.group.world_size, self.config.actor.mini_batch_size)
+        return self.group.critic.update(ordered)[0]
+
+    # ------------------------------------------------------------------ the stages (notebook cells)
+
+    def generate(self, prompts: Batch | list[str] | None = None) -> Batch:
+        """Stage 1: rollouts from the current policy (the next training prompts when none are given)."""
+        if prompts is None:
+            prompts = self.next_prompts()
+        elif not isinstance(prompts, Batch):
+            prompts = self.prompts.encode(list(prompts))
+        with self.monitor.stage("generate") as rec:
+            hook = getattr(self.algo, "generate", None)
+            batch = hook(self, prompts) if hook is not None else self.rollout(prompts)
+            rec.update(generated_tokens=float(batch.response_mask.sum()), batch=batch)
+        return batch
+
+    def prepare(self, batch: Batch) -> Batch:
+        """Stage 2: whatever the algorithm needs before learning (scores, log-probs, values, advantages)."""
+        _require(batch, ("response_ids", "response_mask"), "prepare", "run s.generate() first")
+        with self.monitor.stage("prepare") as rec:
+            batch = self.algo.prepare(self, batch)
+            rec.update(tokens=float(batch.num_tokens()), batch=batch)
+        return batch
+
+    def learn(self, batch: Batch) -> dict:
+        """Stage 3: critic then actor update (mini-batches x `actor.ppo_epochs`); returns the step stats."""
+        _require(batch, ("advantages", "old_logprobs"), "learn", "run s.prepare(batch) first")
+        stats: dict[str, float] = {}
+        with self.monitor.stage("learn") as rec:
+            if getattr(self.algo, "uses_critic", False):
+                stats.update(self.update_critic(batch))
+            stats.update(self.update_actor(batch))
+            hook = getattr(self.algo, "after_learn", None)
+            if hook is not None:
+                stats.update(hook(self, batch, stats))
+            rec.update(tokens=float(batch.num_tokens()), stats=stats)
+        # The hf engine generates from the actor's own (unsharded in place) parameters:
+        # nothing to copy. Its unshard cost is reported by the engine in `generate`.
+        return self.monitor.last_stage_stats("learn")
+
+    def step(self) -> dict:
+        """One RL step: generate, prepare, learn. Returns the step's stats (also logged)."""
+        start = time.perf_counter()
+        batch = self.prepare(self.generate())
+        self.learn(batch)
+        self.steps_done += 1
+        self.last_batch = batch
+        """The prepared batch of the latest step (inspect it, or replay `s.learn(s.last_batch)`)."""
+        return self.monitor.end_step(self.steps_done, time.perf_counter() - start, batch)
+
+    def train(self, steps: int, *, eval_every: int | None = None) -> list[dict]:
+        """`steps` RL steps with a progress bar and live plots; evaluates every `eval_every` steps."""
+        from tqdm.auto import tqdm
+
+        eval_every = self.config.logging.eval_every if eval_every is None else eval_every
+        history = []
+        for _ in tqdm(range(steps), desc=f"{self.algo.name} steps", leave=False):
+            stats = self.step()
+            if eval_every and self.steps_done % eval_every == 0:
+                stats.update(self.evaluate())
+            history.append(stats)
+        return history
+
+    def evaluate(self, *, num_prompts: int | None = None, k: int = 0) -> dict:
+        """Greedy exact-match accuracy on the eval split (and pass@k with k samples per prompt when k > 0)."""
+        prompts = self.prompts.eval_batch(num_prompts)
+        with self.monitor.stage("eval") as rec:
+            greedy = self.score(self.rollout(prompts, greedy=True))
+            out = {"eval/accuracy": float((greedy.scores > 0.5).float().mean())}
+            if k:
+                sampled = self.score(self.rollout(prompts, n=k))
+                solved = torch.zeros(len(prompts), dtype=torch.bool)
+                solved[sampled.group_id[sampled.scores > 0.5]] = True
+                out[f"eval/pass@{k}"] = float(solved.float().mean())
+            rec.update(stats=out, batch=greedy)
+        self.monitor.log_eval(self.steps_done, out)
+        return out
+
+    # ------------------------------------------------------------------ lifecycle
 
     @property
     def closed(self) -> bool:
@@ -45,6 +270,9 @@ class Session:
 
     def close(self) -> None:
         """Stop every worker process of this Session, and the Ray cluster if the Session started it."""
+        monitor = getattr(self, "monitor", None)
+        if monitor is not None:
+            monitor.close()
         self.runtime.close()
 
     def __enter__(self) -> "Session":
@@ -54,4 +282,20 @@ class Session:
         self.close()
 
     def __repr__(self) -> str:
-        return f"<rlkit.Session backend={self.backend!r} {'closed' if self.closed else 'live'}>"
+        algo = getattr(getattr(self, "algo", None), "name", None)
+        return f"<rlkit.Session backend={self.backend!r} algo={algo!r} steps={getattr(self, 'steps_done', 0)} " \
+               f"{'closed' if self.closed else 'live'}>"
+
+
+def run_directory(cfg: Config) -> Path:
+    """`logging.run_dir/logging.run_name` (a timestamped name when none is given), created."""
+    name = cfg.logging.run_name or time.strftime(f"{cfg.algo.name}-%Y%m%d-%H%M%S")
+    path = Path(cfg.logging.run_dir) / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _require(batch: Batch, fields: tuple[str, ...], stage: str, hint: str) -> None:
+    missing = [f for f in fields if getattr(batch, f) is None]
+    if missing:
+        raise ValueError(f"Session.{stage}: the batch has no {', '.join(missing)}; {hint}")

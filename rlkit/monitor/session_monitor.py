@@ -1,0 +1,152 @@
+"""The Session's monitor: one record per stage call, one line per step, the dashboard and the run directory.
+
+Stage calls (`generate`, `prepare`, `learn`, `eval`) each produce a flat stats dict
+under the shared naming scheme (`time/<stage>`, `throughput/<stage>_tokens_per_s`,
+`reward/mean`, `actor/...`, `memory/<role>/rss_gib` ...). Each one updates the
+dashboard once (so a notebook plot moves stage by stage) and is merged into the
+current step's stats; `end_step` writes the step's line to `stats.jsonl` (and W&B)
+and, outside a notebook, prints a compact progress line.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from rlkit.monitor.dashboard import Dashboard
+from rlkit.monitor.progress import format_progress, in_notebook
+from rlkit.monitor.runlog import RunLog
+
+_TOKEN_KEYS = {"generate": "generated_tokens", "prepare": "tokens", "learn": "tokens"}
+
+
+def batch_stats(stage: str, batch: Any) -> dict[str, float]:
+    """What a stage's output batch says about the run: response lengths, reward and cost means."""
+    out: dict[str, float] = {}
+    if batch is None:
+        return out
+    if batch.response_mask is not None:
+        out["response/length_mean"] = float(batch.response_mask.sum(-1).float().mean())
+    if batch.scores is not None:
+        key = "eval/score_mean" if stage == "eval" else "reward/mean"
+        out[key] = float(batch.scores.float().mean())
+    if batch.costs is not None and stage != "eval":
+        out["cost/mean"] = float(batch.costs.float().mean())
+    if batch.advantages is not None and batch.response_mask is not None and stage == "prepare":
+        mask = batch.response_mask.bool()
+        out["advantage/abs_mean"] = float(batch.advantages[mask].abs().mean()) if mask.any() else 0.0
+    return out
+
+
+def memory_stats(role_stats: dict[str, list[list[dict[str, float]]]]) -> dict[str, float]:
+    """`memory/<role>/rss_gib` and `memory/<role>/device_max_gib`: the max over calls and ranks."""
+    out: dict[str, float] = {}
+    for role, per_rank in role_stats.items():
+        rss, dev = 0.0, 0.0
+        for calls in per_rank:
+            for call in calls:
+                for key, value in call.items():
+                    if key.endswith("/host_rss_gb"):
+                        rss = max(rss, value)
+                    elif key.endswith("/cuda_peak_gb"):
+                        dev = max(dev, value)
+        if rss or dev:
+            out[f"memory/{role}/rss_gib"] = rss
+            out[f"memory/{role}/device_max_gib"] = dev
+    out["memory/driver/rss_gib"] = _driver_rss_gib()
+    return out
+
+
+def _driver_rss_gib() -> float:
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**30
+
+
+class StageRecord(dict):
+    """What a stage body hands to the monitor: `generated_tokens` / `tokens`, `batch`, `stats`."""
+
+
+class SessionMonitor:
+    def __init__(self, cfg: Any, run_dir: str | Path, *, roles: list[str], pop_role_stats=None):
+        """`pop_role_stats()`: returns {role: per-rank lists of call stats} since the last call (or None)."""
+        log = cfg.logging
+        self.run_dir = Path(run_dir)
+        self.dashboard = Dashboard(title=f"rlkit · {cfg.algo.name} · {self.run_dir.name}",
+                                   widget=None if log.dashboard else False)
+        """Live plots (a FigureWidget in a notebook); `write_html` exports them."""
+        self.runlog = RunLog(self.run_dir, cfg, wandb=log.wandb, wandb_project=log.wandb_project,
+                             wandb_mode=log.wandb_mode)
+        """The run directory: config.yaml, stats.jsonl, samples.jsonl (and W&B when on)."""
+        self.roles = roles
+        self.pop_role_stats = pop_role_stats
+        self.step = 0
+        """The step the current stage calls belong to (steps done + 1)."""
+        self.current: dict[str, float] = {}
+        """Stats of the step in progress (merged over its stage calls)."""
+        self.stages: dict[str, dict[str, float]] = {}
+        """The latest stats of each stage."""
+        self.history: list[dict[str, float]] = []
+        """Every finished step's stats, in order."""
+        self.verbose = not in_notebook()
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[StageRecord]:
+        rec = StageRecord()
+        start = time.perf_counter()
+        yield rec
+        seconds = time.perf_counter() - start
+        stats: dict[str, float] = {f"time/{name}": seconds}
+        tokens = rec.get(_TOKEN_KEYS.get(name, "tokens"))
+        if tokens is not None and seconds > 0:
+            stats[f"throughput/{name}_tokens_per_s"] = float(tokens) / seconds
+        stats.update(batch_stats(name, rec.get("batch")))
+        stats.update({k: float(v) for k, v in (rec.get("stats") or {}).items() if _is_number(v)})
+        if self.pop_role_stats is not None:
+            stats.update(memory_stats(self.pop_role_stats()))
+        self.stages[name] = stats
+        self.current.update(stats)
+        self.dashboard.update(name, {"step": self.step + (0 if name == "eval" else 1), **stats})
+
+    def last_stage_stats(self, name: str) -> dict[str, float]:
+        return dict(self.stages.get(name, {}))
+
+    def end_step(self, step: int, seconds: float, batch: Any = None) -> dict[str, float]:
+        """Close step `step`: log its stats line (and sample rows), print the progress line; return the stats."""
+        stats = {"step": step, "time/step": seconds, **self.current}
+        self.runlog.log(stats, step=step)
+        if batch is not None:
+            self.runlog.log_samples(batch, step=step, max_rows=8)
+        self.history.append(stats)
+        self.current = {}
+        self.step = step
+        if self.verbose:
+            print(format_progress(stats), flush=True)
+        return stats
+
+    def log_eval(self, step: int, stats: dict[str, float]) -> None:
+        """Eval results go into the step's line (or their own line when no step is in progress)."""
+        if self.current:
+            self.current.update(stats)
+        else:
+            self.runlog.log({**stats}, step=step)
+
+    def write_html(self) -> Path:
+        return self.dashboard.write_html(self.run_dir / "dashboard.html")
+
+    def close(self) -> None:
+        try:
+            if self.dashboard.num_updates:
+                self.write_html()
+        finally:
+            self.runlog.close()
+
+
+def _is_number(value: Any) -> bool:
+    if isinstance(value, torch.Tensor):
+        return value.numel() == 1
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
