@@ -67,7 +67,7 @@ class RayFuture(WorkerFuture):
         self._outcome: tuple[bool, Any] | None = None  # (ok, value or exception), once known
 
     def done(self) -> bool:
-        if self._outcome is not None:
+        if self._outcome is not None or not self._pending:
             return True
         import ray
 
