@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from dataclasses import asdict
 from typing import Any
 
 import torch
@@ -45,12 +46,14 @@ class HybridActor:
         *,
         rollout: Any = None,
         keep_unsharded: bool | None = None,
+        audit_memory: bool = False,
         **policy_kwargs: Any,
     ):
         """
         rollout: an `rlkit.config.RolloutConfig` or a dict of `SamplingParams` fields (+ `seed`): the
             default sampling of `generate` and the engine's base seed. None: `SamplingParams()` defaults.
-        keep_unsharded: see `HFEngine` (None: gather in place for generation when world_size > 1).
+        keep_unsharded, audit_memory: see `HFEngine` (keep_unsharded None: gather in place for generation
+            when world_size > 1; audit_memory: measure parameter storage during generation, slower).
         policy_kwargs: the `PolicyWorker` constructor's (model, optim, mini_batch_size, micro_batch_size,
             tokenizer_path, seed, ...). `temperature` defaults to the rollout temperature, so that the
             trainer's log-probs are those of the distribution the engine samples from.
@@ -68,7 +71,7 @@ class HybridActor:
         policy_kwargs.setdefault("temperature", self.sampling.logprob_temperature)
         self.policy = PolicyWorker(ctx, **policy_kwargs)
         self.engine = HFEngine(self.policy.model, self.policy.tokenizer, rank=ctx.rank, seed=base_seed,
-                               keep_unsharded=keep_unsharded)
+                               keep_unsharded=keep_unsharded, audit_memory=audit_memory)
         self._warned_temperature = False
 
     # ------------------------------------------------------------------ rollout
@@ -92,9 +95,9 @@ class HybridActor:
 
     @register("broadcast")
     def last_sync(self) -> dict[str, Any] | None:
-        """This rank's measurements of the last in-place gather (`SyncStats` as a dict), or None."""
+        """This rank's measurements of the last in-place gather (`SyncStats` fields as a dict), or None."""
         sync: SyncStats | None = self.engine.last_sync
-        return None if sync is None else {"mode": sync.mode, **sync.as_dict(prefix="sync")}
+        return None if sync is None else asdict(sync)
 
     def _check_temperature(self, params: SamplingParams) -> None:
         # The trainer recomputes log-probs at ONE temperature; sampling at another makes
