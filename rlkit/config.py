@@ -222,7 +222,8 @@ class ClusterConfig:
     threads_per_worker: int | None = None
     """torch threads per worker process; None = the cores of the host divided among its workers."""
     num_cpus: int | None = None
-    """Logical CPU slots of a local Ray cluster that rlkit starts; None = Ray's default (the core count)."""
+    """Logical CPU slots of a local Ray cluster that rlkit starts; None = max(cores, 8), so a 2-rank pool and its
+    colocated roles fit on a small machine (a slot is a scheduling unit, not a core)."""
     device: str = "auto"
     """Device kind: "auto" (CUDA when available), "cpu" or "cuda"."""
 
