@@ -1,4 +1,4 @@
-"""The `rlkit` command line: `rlkit demo`, `rlkit tiny-model` (and later `train`, `bench`).
+"""The `rlkit` command line: `rlkit demo`, `rlkit train`, `rlkit tiny-model`.
 
 Each subcommand is one `_add_<name>` function that declares its arguments and
 sets `func`, the function `main` calls with the parsed arguments. Heavy imports
@@ -72,12 +72,49 @@ def _add_tiny_model(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_tiny_model)
 
 
+def _run_train(args: argparse.Namespace) -> int:
+    import rlkit
+    from rlkit.config import config_from_args
+
+    if args.config_path is None and args.preset is None:
+        args.preset = "arithmetic-tiny"
+    cfg = config_from_args(args)
+    _quiet_transformers()
+    with rlkit.Session(cfg) as s:
+        before = s.evaluate()["eval/accuracy"] if args.eval else None
+        s.train(args.steps)
+        after = s.evaluate()["eval/accuracy"] if args.eval else None
+        if args.save:
+            s.group.actor.save_pretrained(str(s.run_dir / "final_model"))
+        html = s.monitor.write_html()
+        if before is not None:
+            print(f"eval accuracy: {before:.1%} -> {after:.1%}")
+        print(f"run directory: {s.run_dir} (stats.jsonl, dashboard: {html})")
+    return 0
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    from rlkit.config import add_config_args
+
+    p = sub.add_parser(
+        "train",
+        help="run RL steps (generate, prepare, learn) with a config or preset",
+        description="Start a Session from a YAML config or a preset, run STEPS RL steps and write the run "
+        "directory (config.yaml, stats.jsonl, samples.jsonl, dashboard.html).",
+    )
+    add_config_args(p)
+    p.add_argument("--steps", type=int, default=10, help="RL steps to run (default: 10)")
+    p.add_argument("--no-eval", dest="eval", action="store_false", help="skip greedy eval before and after")
+    p.add_argument("--save", action="store_true", help="export the final policy as a Hugging Face folder")
+    p.set_defaults(func=_run_train)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `rlkit` argument parser with every subcommand."""
     parser = argparse.ArgumentParser(prog="rlkit", description="RL for language models, from a notebook or a shell.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for add in (_add_demo, _add_tiny_model):
+    for add in (_add_demo, _add_train, _add_tiny_model):
         add(sub)
     return parser
 
