@@ -206,7 +206,7 @@ def token_color(value: float, scale: float, color_by: str) -> str:
         strength, rgb = value / scale, (245, 130, 20)
     else:
         strength, rgb = abs(value) / scale, ((220, 50, 47) if value > 0 else (38, 110, 200))
-    alpha = 0.85 * min(max(strength, 0.0), 1.0)
+    alpha = 0.85 * min(max(0.0, strength), 1.0)  # max(0.0, -0.0) is 0.0, never -0.0
     return f"rgba({rgb[0]},{rgb[1]},{rgb[2]},{alpha:.3f})"
 
 

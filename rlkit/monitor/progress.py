@@ -110,19 +110,21 @@ class StepProgress:
         """Number of steps the bar counts to (None: an open-ended counter)."""
         self.last_line = ""
         """The last stats line shown (also kept when the bar is disabled)."""
+        self._n = initial  # counted here: a disabled tqdm does not count
         self._bar = progress_bar(total=total, desc=desc, unit="step", disable=disable, initial=initial,
                                  leave=True, dynamic_ncols=True)
 
     @property
     def n(self) -> int:
         """Steps counted so far."""
-        return int(self._bar.n)
+        return self._n
 
     def advance(self, stats: Mapping[str, Any], steps: int = 1) -> str:
         """Count `steps` more steps and show `stats` after the bar; returns the stats line."""
         self.last_line = format_progress(stats, with_step=False)
         self._bar.set_postfix_str(self.last_line, refresh=False)  # refreshed by update() below
         self._bar.update(steps)
+        self._n += steps
         return self.last_line
 
     def close(self) -> None:

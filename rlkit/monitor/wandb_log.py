@@ -9,6 +9,8 @@ lands in `<run_dir>/wandb/offline-run-*/` and can be uploaded later with
 from __future__ import annotations
 
 import os
+import time
+import warnings
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
@@ -86,11 +88,36 @@ class WandbLogger:
         data = [[_table_cell(row.get(c)) for c in columns] for row in rows]
         self.run.log({key: self._wandb.Table(columns=columns, data=data)}, step=int(step))
 
-    def finish(self, exit_code: int = 0) -> None:
-        """Close the run (idempotent); offline runs are complete on disk afterwards."""
-        if not self._finished:
-            self._finished = True
-            self.run.finish(exit_code=exit_code)
+    def finish(self, exit_code: int = 0, flush_timeout: float = 30.0) -> None:
+        """Close the run (idempotent). An offline run is complete on disk when this returns."""
+        if self._finished:
+            return
+        self._finished = True
+        self.run.finish(exit_code=exit_code)
+        if self.mode == "offline":
+            self._wait_for_log(flush_timeout)
+
+    def _wait_for_log(self, timeout: float) -> None:
+        # wandb 0.31's finish() returns once the service has the exit record, but the service
+        # writes the run-*.wandb file in the background (we saw it hold only its 7-byte header
+        # right after finish). Wait for the exit record so that `compare` right after finish
+        # reads the whole run.
+        from rlkit.monitor.wandb_read import has_exit_record
+
+        folder = self.local_dir
+        files = sorted(folder.glob("run-*.wandb")) if folder is not None else []
+        if not files:
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if has_exit_record(files[0]):
+                    return
+            except (OSError, ValueError):  # header not written yet, or a chunk mid-write
+                pass
+            time.sleep(0.05)
+        warnings.warn(f"W&B offline run {files[0]} has no exit record {timeout:.0f} s after finish(); "
+                      "it may be incomplete until this process exits", RuntimeWarning, stacklevel=3)
 
 
 def _table_cell(value: Any) -> Any:
