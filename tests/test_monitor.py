@@ -294,3 +294,31 @@ def test_token_color_scales():
     assert token_color(-1.0, 2.0, "logprob_gap") == "rgba(38,110,200,0.425)"
     assert token_color(5.0, 2.0, "entropy") == "rgba(245,130,20,0.850)"  # clipped at full colour
     assert token_color(float("nan"), 2.0, "advantage") == "transparent"
+
+
+@pytest.mark.slow
+def test_in_a_real_kernel_the_dashboard_is_a_live_widget_and_a_batch_a_table():
+    """Executes a notebook headless: kernel detection, the widget display, in-place updates, Batch HTML."""
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("anywidget")
+    import pathlib
+
+    cells = [
+        "from rlkit.monitor import Dashboard, in_notebook\n"
+        "dash = Dashboard('nb')\nprint(in_notebook(), dash.is_live)\ndash.show()",
+        "for step in range(3):\n    dash.update('learn', {'step': step, 'reward/mean': step / 4})\n"
+        "print(dash.num_updates, tuple(dash._widget.data[0].y))",
+        "import torch\nfrom rlkit.batch import Batch\n"
+        "Batch.from_prompts(torch.tensor([[1, 2]]), torch.ones(1, 2, dtype=torch.long), prompt_text=['12+5=']).replace(\n"
+        "    response_ids=torch.tensor([[3]]), response_mask=torch.tensor([[1]]), response_text=['17'])",
+    ]
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    root = pathlib.Path(__file__).resolve().parents[1]
+    nbclient.NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(root)}}).execute()
+    first, second, third = (cell.outputs for cell in nb.cells)
+    assert first[0]["text"].strip() == "True True"
+    assert "application/vnd.jupyter.widget-view+json" in first[1]["data"]  # the live widget, not a static image
+    assert second[0]["text"].strip() == "3 (0.0, 0.25, 0.5)"
+    page = third[0]["data"]["text/html"]
+    assert "12+5=" in page and ">17</td>" in page

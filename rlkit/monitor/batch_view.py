@@ -257,5 +257,6 @@ def token_view_html(batch, tokenizer, row: int = 0, color_by: str = "logprob", *
     return (
         f"{_TABLE_CSS}<div><b>row {row}</b> · colour by <b>{html.escape(color_by)}</b> "
         f"({html.escape(legend)}; {stats}; full colour at |v| = {scale:.4g})</div>"
-        f'<div class="rlkit-tokens"><span style="color:#888">{html.escape(prompt)}</span>{body}</div>'
+        f'<div class="rlkit-tokens"><span style="color:#888;border-right:2px solid #bbb;margin-right:3px">'
+        f"{html.escape(prompt)}</span>{body}</div>"
     )
