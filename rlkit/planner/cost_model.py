@@ -236,6 +236,10 @@ def weight_bytes(model: ModelSpec, dtype_bytes: int) -> float:
     return model.num_params * dtype_bytes
 
 
+GRAD_BYTES = 4
+"""Bytes per gradient element: accumulated and reduced in fp32 under mixed precision."""
+
+
 def optimizer_bytes_per_param(dtype_bytes: int) -> int:
     """Adam moments in fp32 (8 bytes), plus an fp32 master copy when computing in a 2-byte dtype."""
     return 8 + (4 if dtype_bytes < 4 else 0)
@@ -244,16 +248,17 @@ def optimizer_bytes_per_param(dtype_bytes: int) -> int:
 def resident_bytes(model: ModelSpec, strategy: Strategy, trained: bool, dtype_bytes: int) -> float:
     """Persistent bytes per device: weights (+ gradients and Adam states when trained).
 
-    Weights and gradients are sharded over t * p (and over d with FSDP); optimizer states over all n devices
-    (distributed optimizer / ZeRO-1), as Megatron-LM and FSDP do.
+    Mixed precision as Megatron-LM and FSDP2 run it: gradients are accumulated and reduced in fp32
+    (`GRAD_BYTES`), Adam keeps fp32 moments and, below fp32, an fp32 master copy. 3D: weights and gradients
+    sharded over t * p, optimizer states over all n devices (distributed optimizer, ZeRO-1). FSDP: everything
+    sharded over all n devices, the fp32 master being the sharded parameter itself.
     """
-    shard = strategy.model_parallel * (strategy.dp if strategy.fsdp else 1)
-    weights = model.num_params * dtype_bytes / shard
+    P, n = model.num_params, strategy.size
     if not trained:
-        return weights
-    grads = model.num_params * dtype_bytes / shard
-    optim = model.num_params * optimizer_bytes_per_param(dtype_bytes) / strategy.size
-    return weights + grads + optim
+        return P * dtype_bytes / (n if strategy.fsdp else strategy.model_parallel)
+    if strategy.fsdp:
+        return P * (max(dtype_bytes, 4) + GRAD_BYTES + 8) / n
+    return P * (dtype_bytes + GRAD_BYTES) / strategy.model_parallel + P * optimizer_bytes_per_param(dtype_bytes) / n
 
 
 def _rate(cluster: ClusterSpec) -> float:
@@ -352,13 +357,14 @@ def train_cost(model: ModelSpec, strategy: Strategy, workload: Workload, cluster
     tp_comm = workload.epochs * micro_steps * model.layers / p * 4 * _tp_allreduce(cluster, mb * s * model.hidden * b, t)
     tp_comm += workload.epochs * micro_steps * 2 * _p2p(cluster, mb * s * model.hidden * b / t, strategy)
     shard_bytes = model.num_params * b / (t * p)
+    grad_bytes = model.num_params * GRAD_BYTES / (t * p)
     dp_bw = cluster.group_bandwidth(d, stride=t)
     if strategy.fsdp:
         per_micro = 2 * allgather_time(shard_bytes, d, dp_bw, dev.collective_latency)
-        per_micro += allgather_time(shard_bytes, d, dp_bw, dev.collective_latency)  # reduce-scatter: same volume
+        per_micro += allgather_time(grad_bytes, d, dp_bw, dev.collective_latency)  # reduce-scatter: same volume
         dp_comm = workload.epochs * micro_steps * per_micro
     else:
-        dp_comm = updates * ring_allreduce_time(shard_bytes, d, dp_bw, dev.collective_latency)
+        dp_comm = updates * ring_allreduce_time(grad_bytes, d, dp_bw, dev.collective_latency)
     # Adam reads/writes moments (+ master) and the weight, reads the gradient: ~2x optimizer state + 3 b per param.
     optim = updates * model.num_params / n * (2 * optimizer_bytes_per_param(b) + 3 * b) / _bandwidth(cluster)
     optim += updates * (dev.optimizer_overhead + layers * dev.optimizer_layer_overhead)

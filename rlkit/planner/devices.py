@@ -105,6 +105,10 @@ H200 = replace(H100, name="H200", mem_bandwidth=4.8e12, memory=141e9)
 
 GPU_DEVICES: dict[str, DeviceSpec] = {d.name: d for d in (A100_80GB, H100, H200)}
 
+# The paper's cluster (§8.1, as recalled; not in PAPER.md): 16 machines of 8 A100-80GB with 600 GB/s NVLink and
+# 200 Gb/s between machines, i.e. 25 GB/s per machine shared by its 8 GPUs when all of them talk across nodes.
+HYBRIDFLOW_TESTBED = replace(A100_80GB, name="A100-80GB (HybridFlow testbed)", inter_node_bandwidth=200e9 / 8 / 8)
+
 
 def get_device(name: str | DeviceSpec) -> DeviceSpec:
     """A device preset by name ("A100-80GB", "H100", "H200", "cpu"), case-insensitive; a DeviceSpec passes through.

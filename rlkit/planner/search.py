@@ -283,6 +283,23 @@ def generation_tps(strategy: Strategy, n: int, devices_per_node: int, space: Sea
     return [k for k in cands if space.gen_tp is None or k in space.gen_tp]
 
 
+def _front(items: list[tuple], n_fixed: int = 0) -> list[tuple]:
+    """Prune partial combinations (combo, memory, time, need, fast): among those that agree on the first `n_fixed`
+    combo entries and on the transients (need, fast: maxima over a few option values, so few distinct pairs),
+    keep the ones no other beats in both memory and time (a 2-D Pareto front, O(k log k))."""
+    groups: dict[tuple, list[tuple]] = {}
+    for item in items:
+        groups.setdefault((*(id(o) for o in item[0][:n_fixed]), item[3], item[4]), []).append(item)
+    kept = []
+    for group in groups.values():
+        best_time = math.inf
+        for item in sorted(group, key=lambda x: (x[1], x[2])):  # increasing memory: keep strictly faster ones
+            if item[2] < best_time:
+                kept.append(item)
+                best_time = item[2]
+    return kept
+
+
 def _pareto(items: list, key) -> list:
     """Items whose key vector no other item weakly dominates (all <=, one <)."""
     keys = [key(x) for x in items]
@@ -324,6 +341,8 @@ class _Option:
     calls: tuple[tuple[str, str, tuple], ...]
     lower_time: float  # all calls with their fastest variant and unlimited memory: a lower bound
     min_transient: float  # the largest over calls of the smallest transient each call can run with
+    fast_transient: float  # the largest transient of the fastest variants (no recomputation)
+    generates: bool  # its cost depends on the memory its group leaves free (KV cache)
 
 
 class _Search:
@@ -353,7 +372,7 @@ class _Search:
         opts = []
         for strat in enumerate_strategies(model, n, cl.devices_per_node, wl.sequences, self.space):
             gen_tps = generation_tps(strat, n, cl.devices_per_node, self.space)
-            calls, lower, transient = [], 0.0, 0.0
+            calls, lower, transient, fast = [], 0.0, 0.0, 0.0
             for stage, call in self.dataflow.calls_of(role):
                 if call.kind == "generate":
                     seqs = wl.prompts * call.samples_per_prompt if call.samples_per_prompt else wl.sequences
@@ -377,12 +396,14 @@ class _Search:
                 calls.append((stage, call.kind, variants))
                 lower += variants[0].time
                 transient = max(transient, min(v.transient for v in variants))
+                fast = max(fast, variants[0].transient)
             else:
+                generates = any(kind == "generate" for _, kind, _ in calls)
                 opts.append(_Option(strat, resident_bytes(model, strat, trained, self.b), tuple(calls), lower,
-                                    transient))
+                                    transient, fast, generates))
         # Generation also depends on the memory the whole group leaves free; with unlimited memory in the pruning
         # key, an option is dropped only if another is no worse in memory and in time.
-        kept = _pareto(opts, key=lambda o: (o.resident, o.lower_time, o.min_transient))
+        kept = _pareto(opts, key=lambda o: (o.resident, o.lower_time, o.min_transient, o.fast_transient))
         return sorted(kept, key=lambda o: o.lower_time)
 
     def _gen_cost(self, role: str, n: int, lay: _GenLayout, free: float) -> CallCost | None:
@@ -406,33 +427,33 @@ class _Search:
         return self._groups[key]
 
     def _build_group(self, roles: tuple[str, ...], n: int) -> GroupPlan | None:
-        best, best_total, deficit = None, math.inf, math.inf
+        """The group's fastest fitting combination of role strategies (None, with the deficit noted, if none fits).
+
+        Combinations are built role by role, keeping only partial combinations that no other beats in resident
+        memory, lower-bound time and largest transient (a multi-objective knapsack); the survivors are then
+        scored exactly (generation batch and recomputation depend on the memory the whole group leaves free).
+        """
         per_role = [self.options(r, n) for r in roles]
-        # least time and memory the roles after position i can add: bounds for the depth-first enumeration
-        rest_time = [sum(min(o.lower_time for o in opts) for opts in per_role[i:]) for i in range(len(roles) + 1)]
+        # roles whose cost depends on the group's free memory (generation) first: partial combinations are only
+        # compared when they agree on those roles' strategies
+        order = sorted(range(len(roles)), key=lambda i: not any(o.generates for o in per_role[i]))
+        n_gen = sum(any(o.generates for o in per_role[i]) for i in order)
+        per_role = [per_role[i] for i in order]
         rest_mem = [sum(min(o.resident for o in opts) for opts in per_role[i:]) for i in range(len(roles) + 1)]
-
-        def combos(i: int, time_so_far: float, mem_so_far: float, chosen: tuple) -> Iterator[tuple[_Option, ...]]:
-            if i == len(roles):
-                yield chosen
-                return
-            for opt in per_role[i]:  # sorted by lower_time: once the bound fails, it fails for the rest
-                if time_so_far + opt.lower_time + rest_time[i + 1] >= best_total:
-                    break
-                if mem_so_far + opt.resident + rest_mem[i + 1] > self.capacity:
-                    continue
-                yield from combos(i + 1, time_so_far + opt.lower_time, mem_so_far + opt.resident, (*chosen, opt))
-
-        if rest_mem[0] > self.capacity:
-            deficit = rest_mem[0] + max(min(o.min_transient for o in opts) for opts in per_role) - self.capacity
-        for combo in combos(0, 0.0, 0.0, ()):
-            resident = sum(o.resident for o in combo)
+        front: list[tuple] = [((), 0.0, 0.0, 0.0, 0.0)]
+        for i, opts in enumerate(per_role):
+            grown = [((*chosen, o), mem + o.resident, t + o.lower_time, max(need, o.min_transient),
+                      max(fast, o.fast_transient))
+                     for chosen, mem, t, need, fast in front for o in opts
+                     if mem + o.resident + rest_mem[i + 1] + max(need, o.min_transient) <= self.capacity]
+            front = _front(grown, n_gen)
+        best, best_total = None, math.inf
+        for combo, resident, lower, _, _ in sorted(front, key=lambda c: c[2]):
+            if lower >= best_total:
+                break
+            combo = tuple(combo[order.index(i)] for i in range(len(roles)))  # back to the roles' order
             free = self.capacity - resident
-            need = max(o.min_transient for o in combo)
-            if need > free:
-                deficit = min(deficit, need - free)
-                continue
-            calls, peak, feasible = [], 0.0, True
+            calls, peak = [], 0.0
             for role, opt in zip(roles, combo):
                 for stage, kind, alts in opt.calls:
                     if kind == "generate":
@@ -440,21 +461,36 @@ class _Search:
                         cost = min(costs, key=lambda c: c.time) if costs else None
                     else:
                         cost = next((v for v in alts if v.transient <= free), None)
-                    if cost is None:  # cannot happen while need <= free; kept as a guard
-                        feasible = False
+                    if cost is None:  # excluded by the transient bound above; kept as a guard
                         break
                     calls.append(CallPlan(stage, role, kind, cost.time, cost.note))
                     peak = max(peak, cost.transient)
-            if not feasible:
-                continue
-            total = sum(c.time for c in calls)
-            if total < best_total:
-                best_total = total
-                calls.sort(key=lambda c: self._stage_rank[c.stage])
-                best = GroupPlan(roles, n, tuple(o.strategy for o in combo), tuple(calls), resident, resident + peak)
+                else:
+                    continue
+                break
+            else:
+                total = sum(c.time for c in calls)
+                if total < best_total:
+                    best_total = total
+                    calls.sort(key=lambda c: self._stage_rank[c.stage])
+                    best = GroupPlan(roles, n, tuple(o.strategy for o in combo), tuple(calls), resident,
+                                     resident + peak)
         if best is None:
-            self._deficit[(roles, n)] = deficit
+            self._deficit[(roles, n)] = self._min_need(per_role) - self.capacity
         return best
+
+    @staticmethod
+    def _min_need(per_role: list[list[_Option]]) -> float:
+        """Least peak bytes per device over all combinations (resident sum + largest transient)."""
+        front = [(0.0, 0.0)]
+        for opts in per_role:
+            grown = sorted((mem + o.resident, max(need, o.min_transient)) for mem, need in front for o in opts)
+            front, best_need = [], math.inf
+            for mem, need in grown:  # 2-D Pareto front: increasing memory, strictly decreasing transient
+                if need < best_need:
+                    front.append((mem, need))
+                    best_need = need
+        return min(mem + need for mem, need in front)
 
     # ---- whole cluster --------------------------------------------------------------------------------------
     def best_mapping(self, placement: tuple[tuple[str, ...], ...]) -> tuple[Mapping | None, int]:
@@ -494,7 +530,7 @@ def search(models: dict[str, ModelSpec], dataflow: Dataflow, workload: Workload,
     roles, N = dataflow.roles, cluster.num_devices
     for role in roles:  # a model that does not fit even alone on every device: name it
         if s.group((role,), N) is None:
-            raise PlanError(_missing_message(f"model {role!r} ({_describe(models[role])})", s.deficit((role,), N),
+            raise PlanError(_missing_message(f"model {role!r} ({_describe(models[role])}) does", s.deficit((role,), N),
                                              cluster))
     candidates, scored = [], 0
     for placement in set_partitions(roles):
@@ -503,7 +539,7 @@ def search(models: dict[str, ModelSpec], dataflow: Dataflow, workload: Workload,
         if mapping is not None:
             candidates.append(mapping)
     if not candidates:
-        raise PlanError(_missing_message(f"the models {list(roles)} together", s.deficit(roles, N), cluster))
+        raise PlanError(_missing_message(f"the models {list(roles)} together do", s.deficit(roles, N), cluster))
     candidates.sort(key=lambda m: m.iteration_time)
     colocated = next((m for m in candidates if len(m.groups) == 1), None)
     return Plan(candidates[0], candidates, colocated, dict(models), dataflow, workload, cluster, space,
@@ -518,7 +554,7 @@ def _describe(model: ModelSpec) -> str:
 def _missing_message(what: str, per_device: float, cluster: ClusterSpec) -> str:
     dev, N = cluster.device, cluster.num_devices
     cap = dev.usable_memory
-    return (f"{what} do(es) not fit on {N} x {dev.name}: even with every state sharded over all {N} devices it "
+    return (f"{what} not fit on {N} x {dev.name}: even with every state sharded over all {N} devices it "
             f"needs {(cap + per_device) / GiB:.1f} GiB per device, but a device offers {cap / GiB:.1f} GiB "
             f"({dev.usable_memory_fraction:.0%} of {dev.memory / GiB:.1f} GiB): {per_device / GiB:.1f} GiB per device "
             f"({per_device * N / GiB:.1f} GiB in total) missing. Add devices, use devices with more memory, "
