@@ -14,28 +14,31 @@ throughput between that mapping and "everything colocated on all devices" (1.00x
 
 Paper: colocating all models is best at 16-64 GPUs; split placements win for 13B and 34B at 96-128 GPUs.
 
-Planner, paper testbed (PPO; `-` = the four models do not fit even fully sharded):
+Planner, paper testbed, PPO (best mapping; in brackets the best split placement's throughput over colocation;
+`-` = the four models do not fit even fully sharded):
 
-    size  16        32        64        96                   128
-    7B    coloc     coloc     coloc     coloc                coloc
-    13B   coloc     coloc     coloc     coloc (split 0.93x)  coloc (split 0.92x)
-    34B   -         coloc     coloc     coloc (split 0.99x)  split 1.02x
-    70B   -         -         coloc     coloc                split 1.00x (tie)
+    size  16            32            64            96            128
+    7B    coloc (0.79)  coloc (0.81)  coloc (0.85)  coloc (0.95)  coloc (0.89)
+    13B   coloc (0.79)  coloc (0.81)  coloc (0.90)  coloc (0.96)  coloc (0.94)
+    34B   -             coloc (0.92)  coloc (0.98)  coloc (1.00)  split 1.035x
+    70B   -             -             coloc (0.93)  coloc (0.98)  split 1.00x (a tie)
 
-- Agrees: colocation at 16-64 GPUs for every size; 34B moves to a split placement at 128 GPUs; the margin for
-  splitting grows with device count (13B: 0.89x at 64 -> 0.93x at 96; 34B: 0.98x at 64 -> 1.02x at 128).
-- Disagrees: 13B stays colocated at 96-128 and 34B at 96 (by 1 %). Why, in this model: a split gives the actor
-  half of the devices for generation, and generation time is memory-bound on weights plus KV cache. Llama-13B
-  has no grouped-query attention (0.8 MB of KV per token vs 0.2 MB for 34B), so its decode steps are dominated
-  by KV reads, which shrink linearly with devices: halving the actor's devices costs ~9 s of generation at 128
-  GPUs, while running actor and critic side by side recovers only ~3 s in prepare/train, because the model's
-  training and inference scale at 85-90 % from 64 to 128 GPUs (fixed global batch of 1024: pipeline bubbles and
-  gradient synchronisation over the 200 Gb/s links are the only losses it counts). The paper measured a real
-  system, where per-GPU efficiency drops faster with shrinking per-GPU work (kernel efficiency, launch and
-  scheduling overheads, stragglers, the single controller's dispatch) than this analytical model assumes; such
-  costs favour splitting and are not in the model.
-- Sensitivity: with a 200 Gb/s NIC per GPU (`--device A100-80GB`) gradient synchronisation is cheap, every
-  size stays colocated up to 128 GPUs, and the split placements trail by 2-11 %.
+- Agrees: colocation at 16-64 GPUs for every size; 34B moves to a split placement (actor+reward | ref+critic,
+  64 GPUs each) at 128 GPUs; the split's deficit shrinks as devices grow (34B: 0.92 -> 0.98 -> 1.00 -> 1.035).
+- Disagrees: 13B stays colocated at 96-128 (split 4-6 % slower) and 34B at 96 (a tie, 0.2 %). Why, in this
+  model: a split gives the actor half the devices for generation, and decoding is memory-bound on the weight
+  shard plus the KV cache. Llama-13B has no grouped-query attention (0.8 MB of KV per token against 0.2 MB for
+  34B), so its decode steps are dominated by KV reads, which shrink linearly with devices: at 128 GPUs halving
+  the actor's devices costs 8.8 s of generation (18.7 -> 27.5 s) while running actor and critic side by side
+  saves only 4.1 s in prepare + train, because the model's training and inference scale at ~86 % from 64 to
+  128 GPUs (with a fixed global batch of 1024 the only losses it counts are pipeline bubbles, pipeline sends and
+  gradient synchronisation over the 200 Gb/s links). A real system loses more per-GPU efficiency as per-GPU work
+  shrinks (kernel efficiency, launch and scheduling overheads, stragglers, dispatch by the single controller);
+  such costs favour splitting and are not in this analytical model.
+- Sensitivity: with a 200 Gb/s NIC per GPU (`--device A100-80GB`), gradient synchronisation is cheap and every
+  size stays colocated up to 128 GPUs; the best split trails by 1-2 % for 34B/70B and 9-11 % for 7B/13B.
+- The testbed's inter-machine bandwidth (200 Gb/s per machine) is recalled from the paper's §8.1, not taken from
+  PAPER.md: check it before quoting these rows.
 """
 
 from __future__ import annotations
@@ -66,11 +69,11 @@ PAPER = {**{(size, n): "coloc" for size in LLAMA for n in (16, 32, 64)},
 
 
 def run(sizes, devices, device, dataflow) -> list[dict]:
-    """Plan every (size, device count); one result row per case."""
+    """Plan every (size, device count); one result row per case (the paper column only for PPO)."""
     rows = []
     for size in sizes:
         for n in devices:
-            row = {"size": size, "devices": n, "paper": PAPER.get((size, n))}
+            row = {"size": size, "devices": n, "paper": PAPER.get((size, n)) if dataflow is PPO else None}
             try:
                 p = plan(LLAMA[size], ClusterSpec(device, n // 8, 8), dataflow=dataflow)
             except PlanError as err:

@@ -14,11 +14,9 @@ from dataclasses import replace
 import pytest
 
 from rlkit.planner import (
-    A100_80GB,
     GRPO,
     HYBRIDFLOW_TESTBED,
     LLAMA,
-    PPO,
     REMAX,
     SAFE_RLHF,
     Call,
@@ -189,7 +187,8 @@ def test_a_model_too_big_for_the_cluster_says_how_much_memory_is_missing():
     wl = Workload(prompts=4, prompt_len=64, response_len=64, micro_batch=1)
     dev = replace(IDEAL, memory=SMALL.num_params * 16 / 0.9 * 0.5)  # half of what the bf16 states alone need
     cl = ClusterSpec(dev, 1, 1)
-    need = resident_bytes(SMALL, Strategy(1), True, 2) + train_cost(SMALL, Strategy(1), wl, cl, recompute=True).transient
+    need = (resident_bytes(SMALL, Strategy(1), True, 2)
+            + train_cost(SMALL, Strategy(1), wl, cl, recompute=True).transient)
     missing = need - dev.usable_memory
     with pytest.raises(PlanError) as err:
         plan({"actor": SMALL}, cl, dataflow=flow, workload=wl)

@@ -18,15 +18,25 @@ from rlkit.planner.api import plan, plan_from_config
 from rlkit.planner.cost_model import LLAMA, CallCost, ModelSpec, Strategy, Workload, transition_volumes
 from rlkit.planner.dataflow import GRPO, PPO, REMAX, SAFE_RLHF, Call, Dataflow, Stage, rl_dataflow
 from rlkit.planner.devices import (
-    A100_80GB, H100, H200, HYBRIDFLOW_TESTBED, ClusterSpec, DeviceSpec, cluster, get_device, parse_cluster,
+    A100_80GB,
+    H100,
+    H200,
+    HYBRIDFLOW_TESTBED,
+    ClusterSpec,
+    DeviceSpec,
+    cluster,
+    get_device,
+    parse_cluster,
 )
+from rlkit.planner.mapping import GroupPlan, Mapping, Plan, PlanError, Pool, SearchSpace
 from rlkit.planner.render import format_plan
-from rlkit.planner.search import GroupPlan, Mapping, Plan, PlanError, Pool, SearchSpace, search, set_partitions
+from rlkit.planner.search import search, set_partitions
 
 __all__ = [
     "plan", "plan_from_config", "format_plan", "search", "set_partitions",
     "Plan", "Mapping", "GroupPlan", "Pool", "PlanError", "SearchSpace",
     "ModelSpec", "Workload", "Strategy", "CallCost", "LLAMA", "transition_volumes",
     "Dataflow", "Stage", "Call", "rl_dataflow", "PPO", "GRPO", "REMAX", "SAFE_RLHF",
-    "DeviceSpec", "ClusterSpec", "A100_80GB", "H100", "H200", "HYBRIDFLOW_TESTBED", "cluster", "get_device", "parse_cluster",
+    "DeviceSpec", "ClusterSpec", "A100_80GB", "H100", "H200", "HYBRIDFLOW_TESTBED",
+    "cluster", "get_device", "parse_cluster",
 ]

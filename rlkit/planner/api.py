@@ -9,7 +9,8 @@ from typing import Any
 from rlkit.planner.cost_model import LLAMA, ModelSpec, Workload
 from rlkit.planner.dataflow import PPO, Dataflow, rl_dataflow
 from rlkit.planner.devices import ClusterSpec, DeviceSpec, detect_gpu, parse_cluster
-from rlkit.planner.search import Plan, SearchSpace, search
+from rlkit.planner.mapping import Plan, SearchSpace
+from rlkit.planner.search import search
 
 # The paper's workload (§8.1): 1024 prompts of 1024 tokens, 1024 generated tokens each; one PPO epoch in 4
 # mini-batches (verl's example scripts), 2 sequences per training micro-batch, 8 per inference micro-batch.

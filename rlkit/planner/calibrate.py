@@ -197,13 +197,15 @@ def _measure_overheads() -> dict[str, float]:
     for _ in range(2):  # interleave depths so that load changes hit both alike
         for layers, model in models.items():
             with torch.no_grad():
-                fwd[layers] = min(fwd.get(layers, 1e9), _best_time(lambda: model(ids), repeat=7))
-                gen4[layers] = min(gen4.get(layers, 1e9), _best_time(lambda: _generate(model, ids, 4), repeat=3))
-                gen16[layers] = min(gen16.get(layers, 1e9), _best_time(lambda: _generate(model, ids, 16), repeat=3))
+                fwd[layers] = min(fwd.get(layers, 1e9), _best_time(lambda m=model: m(ids), repeat=7))
+                gen4[layers] = min(gen4.get(layers, 1e9),
+                                   _best_time(lambda m=model: _generate(m, ids, 4), repeat=3))
+                gen16[layers] = min(gen16.get(layers, 1e9),
+                                    _best_time(lambda m=model: _generate(m, ids, 16), repeat=3))
 
-            def step():
-                model.zero_grad(set_to_none=True)
-                _logprob_loss(model, ids).backward()
+            def step(m=model):
+                m.zero_grad(set_to_none=True)
+                _logprob_loss(m, ids).backward()
 
             fb[layers] = min(fb.get(layers, 1e9), _best_time(step, repeat=7))
             opt[layers] = min(opt.get(layers, 1e9), _best_time(optims[layers].step, repeat=7))

@@ -117,7 +117,8 @@ class ModelSpec:
                 qkv_bias=config.model_type == "qwen2" or bool(getattr(config, "attention_bias", False)),
             )
         except AttributeError as err:
-            raise ValueError(f"ModelSpec.from_hf_config: config of type {type(config).__name__} lacks {err.name!r}") from err
+            kind = type(config).__name__
+            raise ValueError(f"ModelSpec.from_hf_config: config of type {kind} lacks {err.name!r}") from err
         return spec
 
     @classmethod
@@ -354,7 +355,8 @@ def train_cost(model: ModelSpec, strategy: Strategy, workload: Workload, cluster
     bubble = (p - 1) / per_update
     busy = (compute + overhead) * (1 + bubble)
 
-    tp_comm = workload.epochs * micro_steps * model.layers / p * 4 * _tp_allreduce(cluster, mb * s * model.hidden * b, t)
+    act_bytes = mb * s * model.hidden * b  # one micro-batch's hidden states
+    tp_comm = workload.epochs * micro_steps * model.layers / p * 4 * _tp_allreduce(cluster, act_bytes, t)
     tp_comm += workload.epochs * micro_steps * 2 * _p2p(cluster, mb * s * model.hidden * b / t, strategy)
     shard_bytes = model.num_params * b / (t * p)
     grad_bytes = model.num_params * GRAD_BYTES / (t * p)
@@ -396,7 +398,8 @@ def infer_cost(model: ModelSpec, strategy: Strategy, workload: Workload, cluster
     fsdp_comm = 0.0
     if strategy.fsdp:
         bw = cluster.group_bandwidth(d, stride=t)
-        fsdp_comm = micro_steps * allgather_time(model.num_params * b / (t * p), d, bw, cluster.device.collective_latency)
+        gather = allgather_time(model.num_params * b / (t * p), d, bw, cluster.device.collective_latency)
+        fsdp_comm = micro_steps * gather
     acts = 4 * mb * s * model.hidden * b / t + mb * s * model.out_width * 4 * 2 / t
     gathered = 2 * model.layer_params * b / t if strategy.fsdp else 0.0
     return CallCost(busy + tp_comm + fsdp_comm, acts + gathered)
@@ -456,7 +459,8 @@ def generate_cost(model: ModelSpec, gen_tp: int, devices: int, workload: Workloa
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def transition_volumes(weights: float, tp: int, pp: int, dp: int, gen_tp: int, gen_pp: int = 1) -> dict[str, dict[str, float]]:
+def transition_volumes(weights: float, tp: int, pp: int, dp: int, gen_tp: int,
+                       gen_pp: int = 1) -> dict[str, dict[str, float]]:
     """Per-device communication volume, peak memory and redundancy of one train->generate transition.
 
     `weights` = M (bytes of the actor). Formulas of the paper's Table 2 for DeepSpeed-Chat (all-gather over all

@@ -194,7 +194,7 @@ def parse_cluster(text: str, devices_per_node: int | None = None) -> ClusterSpec
 
 
 def ring_allreduce_time(nbytes: float, group: int, bandwidth: float, latency: float) -> float:
-    """Seconds for a ring all-reduce of `nbytes` per rank over `group` ranks (2(g-1)/g of the data crosses each link)."""
+    """Seconds for a ring all-reduce of `nbytes` per rank over `group` ranks (2(g-1)/g of the data crosses a link)."""
     if group <= 1 or nbytes <= 0:
         return 0.0
     return 2 * (group - 1) / group * nbytes / bandwidth + 2 * math.ceil(math.log2(group)) * latency

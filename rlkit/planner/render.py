@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from rlkit.planner.devices import GiB
 
 if TYPE_CHECKING:  # pragma: no cover
-    from rlkit.planner.search import Mapping, Plan
+    from rlkit.planner.mapping import Mapping, Plan
 
 
 def _fmt_time(seconds: float) -> str:
@@ -51,7 +51,8 @@ def _header(plan: Plan) -> str:
     wl = plan.workload
     return (f"{plan.dataflow.name} on {plan.cluster.num_devices} x {plan.cluster.device.name} "
             f"({plan.cluster.nodes} nodes x {plan.cluster.devices_per_node}); "
-            f"{wl.prompts} prompts x {wl.samples_per_prompt}, prompt {wl.prompt_len} + response {wl.response_len} tokens; "
+            f"{wl.prompts} prompts x {wl.samples_per_prompt}, "
+            f"prompt {wl.prompt_len} + response {wl.response_len} tokens; "
             f"models: " + ", ".join(f"{r}={m.name}" for r, m in plan.models.items()))
 
 
