@@ -346,3 +346,22 @@ def test_predicted_stage_times_on_this_cpu_are_within_2x_of_measured(tmp_path_fa
               if not 0.5 <= report[m][s]["ratio"] <= 2.0]
     assert not misses, "\n".join(misses)
     assert all(math.isfinite(r["ratio"]) for stages in report.values() for r in stages.values())
+
+
+def test_model_spec_from_a_saved_folder_and_a_clear_error_for_a_missing_one(tiny_model_dir, tmp_path):
+    spec = ModelSpec.from_pretrained(str(tiny_model_dir))
+    assert spec.layers == 3 and spec.hidden == 64 and spec.vocab == 103
+    with pytest.raises(ValueError, match="cannot read the config of model"):
+        ModelSpec.from_pretrained(str(tmp_path / "nope"))
+
+
+def test_workload_and_cluster_inputs_are_checked_with_named_errors():
+    with pytest.raises(ValueError, match="Workload.response_len must be an integer >= 1"):
+        Workload(prompts=8, prompt_len=16, response_len=0)
+    with pytest.raises(ValueError, match="do not fill whole nodes of 8"):
+        cluster("H100", 12)
+    with pytest.raises(ValueError, match="cannot read cluster"):
+        parse_cluster("lots of GPUs")
+    with pytest.raises(ValueError, match="unknown device"):
+        parse_cluster("8xTPU")
+    assert parse_cluster("16 x H200").device.name == "H200" and parse_cluster("16xH200").nodes == 2

@@ -126,7 +126,12 @@ class ModelSpec:
         """The shape of a local model folder or cached hub model (reads config.json only; nothing downloads)."""
         from transformers import AutoConfig
 
-        return cls.from_hf_config(AutoConfig.from_pretrained(path), name=str(path).rstrip("/").split("/")[-1])
+        try:
+            config = AutoConfig.from_pretrained(path)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"ModelSpec.from_pretrained: cannot read the config of model {path!r} (a local folder "
+                             f"with config.json, or a hub model already in the local cache): {err}") from err
+        return cls.from_hf_config(config, name=str(path).rstrip("/").split("/")[-1])
 
 
 # The paper's models (Llama 2 7B/13B/70B; 34B is Code Llama's shape with grouped-query attention).
@@ -158,6 +163,13 @@ class Workload:
     """Sequences per forward/backward on one data-parallel replica in training."""
     infer_micro_batch: int = 8
     """Sequences per forward on one replica in log-prob/value inference."""
+
+    def __post_init__(self):
+        for name in ("prompts", "prompt_len", "response_len", "samples_per_prompt", "epochs", "mini_batches",
+                     "micro_batch", "infer_micro_batch"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"Workload.{name} must be an integer >= 1, got {value!r}")
 
     @property
     def sequences(self) -> int:
