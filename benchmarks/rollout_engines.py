@@ -9,8 +9,9 @@ For every model preset, one run (one worker group of `--ranks` hybrid actors) me
   up to `--max-new-tokens`), timed on the driver, median over `--repeats` calls after one
   warm-up call; then its "sync" as the engine measures it (`SyncStats`, the same gather
   `generate` starts with, run alone): the in-place unshard's seconds, bytes of parameters
-  gathered, measured peak extra memory (host RSS delta on CPU with glibc's mmap threshold
-  fixed, see `exact_rss`; CUDA max-allocated delta on GPU);
+  gathered, measured peak extra memory (on CPU the RSS high-water mark during the sync
+  minus the RSS before, with free heap memory returned to the OS first, see `exact_rss`;
+  CUDA max-allocated delta on GPU);
 - naive sync, the baseline HybridFlow removes: the full state dict gathered to rank 0
   (`get_model_state_dict(full_state_dict=True)`) and loaded into a SECOND model that lives
   beside the trainer (what a separate inference engine needs). Same measurements, plus the
@@ -42,6 +43,7 @@ import torch
 
 from rlkit.batch import Batch
 from rlkit.cluster import ClusterRuntime, ResourcePool, RoleSpec, WorkerContext, WorkerGroup, register
+from rlkit.rollout.hf import peak_memory_since_reset, reset_peak_memory
 from rlkit.rollout.hybrid import HybridActor
 from rlkit.rollout.sampling import SamplingParams
 
@@ -96,16 +98,15 @@ class BenchActor:
             self.second_model = AutoModelForCausalLM.from_config(model.config, dtype=torch.float32)
         gc.collect()
         exact_rss()
-        rss = psutil.Process().memory_info().rss
-        before, peak = rss, rss
+        before = psutil.Process().memory_info().rss
+        resettable = reset_peak_memory(model.device)
         start = time.perf_counter()
         state = model.full_state_dict()  # collective: rank 0 gets every tensor, the others {}
-        peak = max(peak, psutil.Process().memory_info().rss)
         moved = sum(t.numel() * t.element_size() for t in state.values())
         if self.ctx.rank == 0:
             self.second_model.load_state_dict(state, strict=False)
-            peak = max(peak, psutil.Process().memory_info().rss)
         seconds = time.perf_counter() - start
+        peak = peak_memory_since_reset(model.device, resettable)
         del state
         resident = 0
         if self.second_model is not None:
@@ -229,8 +230,9 @@ def print_table(results: dict[str, dict[str, Any]]) -> None:
             f"{naive['second_copy_bytes'] / mib:>12.2f}"
         )
     print("\nsync: hf = in-place unshard per rank (mode 'gathered'; 0 with one rank, mode 'per-layer'); naive = full "
-          "state dict to rank 0 + load into a second model. MiB moved per rank; peak = measured extra memory "
-          "(host RSS delta on CPU); '2nd copy' = the naive side's resident inference model (hf: none).")
+          "state dict to rank 0 + load into a second model (rank 0's numbers). MiB moved per rank; peak = measured "
+          "extra memory during the sync (RSS high-water mark delta on CPU, max-allocated delta on CUDA); "
+          "'2nd copy' = the naive side's resident inference model (hf: none).")
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:

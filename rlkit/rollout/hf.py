@@ -180,7 +180,8 @@ class SyncStats:
     bytes: int = 0
     """Bytes of unsharded parameter storage the gather materialised, measured on the tensors."""
     peak_extra_bytes: int = 0
-    """Measured peak extra memory during the sync: CUDA max-allocated delta on GPU, host RSS delta on CPU."""
+    """Measured peak extra memory during the sync: CUDA max-allocated delta on GPU; on CPU the host RSS
+    high-water mark during the sync minus the RSS before it (memory the allocator reuses is not new RSS)."""
     world_size: int = 1
     """Ranks the parameters are sharded over."""
     param_bytes_sharded: int = 0
@@ -235,6 +236,32 @@ def _memory_now(device: torch.device) -> int:
     return psutil.Process().memory_info().rss
 
 
+def reset_peak_memory(device: torch.device) -> bool:
+    """Start a new peak-memory window: CUDA's counter, or on Linux the kernel's RSS high-water mark
+    (`VmHWM`, reset by writing 5 to /proc/self/clear_refs). False when no peak can be read on CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        return True
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_memory_since_reset(device: torch.device, resettable: bool) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    if resettable:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024  # kB
+    return _memory_now(device)  # no high-water mark: the RSS after the sync
+
+
 @contextmanager
 def gathered_for_generation(fsdp_modules: Sequence[nn.Module], root: nn.Module, device: torch.device,
                             world_size: int, keep_unsharded: bool) -> Iterator[SyncStats]:
@@ -252,10 +279,8 @@ def gathered_for_generation(fsdp_modules: Sequence[nn.Module], root: nn.Module, 
         module.reshard()
     try:
         if keep_unsharded:
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-                torch.cuda.reset_peak_memory_stats(device)
             before = _memory_now(device)
+            resettable = reset_peak_memory(device)
             start = time.perf_counter()
             for module in fsdp_modules:
                 module.set_reshard_after_forward(False, recurse=False)
@@ -267,8 +292,7 @@ def gathered_for_generation(fsdp_modules: Sequence[nn.Module], root: nn.Module, 
             # After unshard the module's parameters ARE the gathered tensors (DTensor shards are
             # no longer registered), so this counts what the gather allocated.
             stats.bytes = parameter_storage_bytes(root)
-            peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else _memory_now(device)
-            stats.peak_extra_bytes = max(0, peak - before)
+            stats.peak_extra_bytes = max(0, peak_memory_since_reset(device, resettable) - before)
         yield stats
     finally:
         for module in fsdp_modules:
@@ -421,6 +445,8 @@ __all__ = [
     "sample_responses",
     "gathered_for_generation",
     "audit_parameter_memory",
+    "reset_peak_memory",
+    "peak_memory_since_reset",
     "parameter_storage_bytes",
     "check_left_padded",
     "trim_left_padding",
