@@ -84,7 +84,7 @@ class BenchActor:
         gc.collect()
         exact_rss()
         with gathered_for_generation(model.fsdp_modules, model.module, model.device, model.world_size,
-                                     engine.keep_unsharded) as stats:
+                                     engine.keep_unsharded, host_peak=True) as stats:
             pass
         return asdict(stats)
 
@@ -99,7 +99,7 @@ class BenchActor:
         gc.collect()
         exact_rss()
         before = psutil.Process().memory_info().rss
-        resettable = reset_peak_memory(model.device)
+        resettable = reset_peak_memory(model.device, host=True)
         start = time.perf_counter()
         state = model.full_state_dict()  # collective: rank 0 gets every tensor, the others {}
         moved = sum(t.numel() * t.element_size() for t in state.values())

@@ -180,8 +180,9 @@ class SyncStats:
     bytes: int = 0
     """Bytes of unsharded parameter storage the gather materialised, measured on the tensors."""
     peak_extra_bytes: int = 0
-    """Measured peak extra memory during the sync: CUDA max-allocated delta on GPU; on CPU the host RSS
-    high-water mark during the sync minus the RSS before it (memory the allocator reuses is not new RSS)."""
+    """Measured extra memory of the sync: CUDA max-allocated delta on GPU; on CPU the host RSS after the
+    gather minus before (psutil), or the RSS high-water mark delta with `host_peak` (benchmarks). Memory
+    the allocator reuses from earlier frees is not new RSS, so on CPU this can read low."""
     world_size: int = 1
     """Ranks the parameters are sharded over."""
     param_bytes_sharded: int = 0
@@ -236,13 +237,20 @@ def _memory_now(device: torch.device) -> int:
     return psutil.Process().memory_info().rss
 
 
-def reset_peak_memory(device: torch.device) -> bool:
-    """Start a new peak-memory window: CUDA's counter, or on Linux the kernel's RSS high-water mark
-    (`VmHWM`, reset by writing 5 to /proc/self/clear_refs). False when no peak can be read on CPU."""
+def reset_peak_memory(device: torch.device, host: bool = False) -> bool:
+    """Start a new peak-memory window; True if a peak can then be read.
+
+    CUDA: torch's max-allocated counter. CPU, only with `host=True`: the kernel's RSS
+    high-water mark (`VmHWM`, reset by writing 5 to /proc/self/clear_refs on Linux). That
+    counter is also the process's lifetime peak RSS (`getrusage`) which the monitor reports,
+    so the engine leaves it alone during training; benchmarks turn it on.
+    """
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         return True
+    if not host:
+        return False
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
@@ -252,6 +260,7 @@ def reset_peak_memory(device: torch.device) -> bool:
 
 
 def peak_memory_since_reset(device: torch.device, resettable: bool) -> int:
+    """The peak since `reset_peak_memory` (which returned `resettable`); else the memory now."""
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
     if resettable:
@@ -259,13 +268,17 @@ def peak_memory_since_reset(device: torch.device, resettable: bool) -> int:
             for line in f:
                 if line.startswith("VmHWM:"):
                     return int(line.split()[1]) * 1024  # kB
-    return _memory_now(device)  # no high-water mark: the RSS after the sync
+    return _memory_now(device)  # no window: the RSS after the sync
 
 
 @contextmanager
 def gathered_for_generation(fsdp_modules: Sequence[nn.Module], root: nn.Module, device: torch.device,
-                            world_size: int, keep_unsharded: bool) -> Iterator[SyncStats]:
+                            world_size: int, keep_unsharded: bool, host_peak: bool = False) -> Iterator[SyncStats]:
     """Make a sharded model ready to generate; yield the sync's measurements; reshard on exit.
+
+    `host_peak`: on CPU, measure the peak with the kernel's RSS high-water mark (catches the
+    all-gather's transient buffers; resets the process's lifetime peak, see `reset_peak_memory`)
+    instead of the RSS after the gather.
 
     `fsdp_modules`: every FSDP module, decoder layers first, root (`root`) last. On exit
     the layers get reshard-after-forward back on and the root off (FSDP2's defaults:
@@ -280,7 +293,7 @@ def gathered_for_generation(fsdp_modules: Sequence[nn.Module], root: nn.Module, 
     try:
         if keep_unsharded:
             before = _memory_now(device)
-            resettable = reset_peak_memory(device)
+            resettable = reset_peak_memory(device, host=host_peak)
             start = time.perf_counter()
             for module in fsdp_modules:
                 module.set_reshard_after_forward(False, recurse=False)
