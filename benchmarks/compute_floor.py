@@ -16,10 +16,10 @@ softmax and the optimizer are elementwise and are left out. Attention is causal:
 j attends to j+1 positions. `--verify` checks the per-forward count against
 `torch.utils.flop_counter.FlopCounterMode` on the real model.
 
-The floor time is FLOPs / (the fp32 matmul rate measured in the same process, with the
-same thread count: the fastest call among square matmuls of 256, 512 and 1024): no implementation can beat it on this
-machine. The rate at the step's own small shapes is printed too (decode shapes are far
-below peak on a CPU), as the floor a perfect implementation of *this shape* would meet.
+The floor time is FLOPs / (the fp32 matmul peak measured in the same process: `threads`
+x the fastest single-thread call of a 256/512 square matmul, see `measure_peak_rate`): no
+implementation can beat it on this machine. The rate at the step's own small shapes is
+printed too (on a CPU they run below the peak), for the record.
 """
 
 from __future__ import annotations
@@ -87,7 +87,8 @@ def forward_flops(m: ModelShape, positions: int, logit_positions: int, *, causal
     attention computes before masking).
     """
     if positions < 0 or logit_positions < 0 or logit_positions > positions:
-        raise ValueError(f"forward_flops: positions={positions}, logit_positions={logit_positions}: need 0 <= logits <= positions")
+        raise ValueError(f"forward_flops: positions={positions}, logit_positions={logit_positions}: "
+                         "need 0 <= logit_positions <= positions")
     attended = positions * (positions + 1) // 2 if causal else positions * positions
     return positions * linear_flops_per_position(m) + attention_flops(m, attended) + logit_positions * lm_head_flops(m)
 
@@ -117,7 +118,8 @@ def step_flops(m: ModelShape, batch: int, prompt_len: float, completion_len: flo
     predict completion tokens. Means are used for the (2 %-sized) quadratic attention term.
     """
     if batch < 1 or prompt_len < 1 or completion_len < 1:
-        raise ValueError(f"step_flops: batch={batch}, prompt_len={prompt_len}, completion_len={completion_len} must be >= 1")
+        raise ValueError(f"step_flops: batch={batch}, prompt_len={prompt_len}, completion_len={completion_len}: "
+                         "each must be >= 1")
     positions = prompt_len + completion_len - 1
     n = round(positions)
     one = (positions * linear_flops_per_position(m) + attention_flops(m, n * (n + 1) // 2)
@@ -160,14 +162,26 @@ def measure_matmul_rate(threads: int, shape: tuple[int, int, int] = (1024, 1024,
             "shape": list(shape), "threads": threads}
 
 
-PEAK_SHAPES = ((256, 256, 256), (512, 512, 512), (1024, 1024, 1024))
-"""Square matmuls tried for the peak rate (the best one depends on the caches; the fastest wins)."""
+PEAK_SHAPES = ((256, 256, 256), (512, 512, 512))
+"""Square matmuls tried for the per-core peak: they fit the 1 MiB L2 of a core, so the best call is compute-bound."""
 
 
 def measure_peak_rate(threads: int, seconds: float = 1.0) -> dict:
-    """The fastest of `PEAK_SHAPES` (each measured for seconds / len(PEAK_SHAPES)): this machine's fp32 matmul rate."""
-    runs = [measure_matmul_rate(threads, s, seconds / len(PEAK_SHAPES)) for s in PEAK_SHAPES]
-    return max(runs, key=lambda r: r["best"])
+    """This machine's fp32 matmul peak for `threads` cores: threads x the best single-thread call of `PEAK_SHAPES`.
+
+    Why not time `threads` threads directly: on this shared 2-core machine a multi-thread
+    call only reaches the peak when no neighbour runs at that instant (measured: 172-178
+    GFLOP/s with 2 threads when it happens, 2-90 otherwise), while one thread finds one
+    free core reliably (93-95 GFLOP/s in every run; 3 GHz x 2 FMA x 8 fp32 lanes x 2 = 96
+    by the book). The floor is the fastest possible step, so it uses the ideal rate.
+    The direct `threads`-thread best is returned too, for the record.
+    """
+    per = max((measure_matmul_rate(1, s, seconds / (2 * len(PEAK_SHAPES))) for s in PEAK_SHAPES),
+              key=lambda r: r["best"])
+    direct = max((measure_matmul_rate(threads, s, seconds / (2 * len(PEAK_SHAPES))) for s in PEAK_SHAPES),
+                  key=lambda r: r["best"])
+    return {"best": threads * per["best"], "per_core_best": per["best"], "direct_best": direct["best"],
+            "median": direct["median"], "shape": per["shape"], "threads": threads}
 
 
 def step_shapes(m: ModelShape, batch: int, positions: int) -> dict[str, tuple[int, int, int]]:
@@ -238,13 +252,18 @@ def main(argv: list[str] | None = None) -> None:
     print(f"model {a.size} {shape}; batch {a.batch}, prompt {a.prompt_len} + completion {a.completion_len} tokens")
     for k in ("generate", "reference", "policy", "total"):
         print(f"  {k:>10}: {fl[k] / 1e9:8.2f} GFLOP")
-    for k, r in rate.items():
-        print(f"  rate {k:>10} {tuple(r['shape'])}: best {r['best']:6.1f} GFLOP/s, median {r['median']:6.1f} "
+    pk = rate["peak"]
+    print(f"  peak rate: {pk['best']:.1f} GFLOP/s = {pk['threads']} x {pk['per_core_best']:.1f} per core "
+          f"(measured directly with {pk['threads']} threads: best {pk['direct_best']:.1f}, median {pk['median']:.1f})")
+    for k in ("train_ffn", "decode_ffn"):
+        r = rate[k]
+        print(f"  rate at {k:>10} {tuple(r['shape'])}: best {r['best']:6.1f} GFLOP/s, median {r['median']:6.1f} "
               f"({r['threads']} threads)")
     print(f"  floor: {report['floor_s']:.3f} s per step at the peak rate")
     if a.verify:
         v = report["verify"]
-        print(f"  verify: ours {v['ours']} vs FlopCounterMode {v['flop_counter']}: {'equal' if v['equal'] else 'DIFFERENT'}")
+        verdict = "equal" if v["equal"] else "DIFFERENT"
+        print(f"  verify: ours {v['ours']} vs FlopCounterMode {v['flop_counter']}: {verdict}")
     print("BENCH_JSON " + json.dumps(report))
 
 

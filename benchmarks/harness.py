@@ -7,27 +7,30 @@
     # the controller's overhead: rlkit on 1 Ray rank, 2 Ray ranks and the local backend
     .venv/bin/python -m benchmarks.harness compare --arms rlkit:ray:1,rlkit:ray:2,rlkit:local:1 --baseline rlkit:local:1
 
-An arm is `side[:backend[:ranks]]` with side `trl` or `rlkit`. Every run is a fresh
+An arm is `side[:backend[:ranks]][@threads]` with side `trl` or `rlkit` (`trl@1`: TRL on
+one core, e.g. `--arms trl@1,trl@2` to compare thread counts in one run). Every run is a fresh
 process (`python -m benchmarks.<side>_grpo ...`) that prints one `BENCH_JSON` line;
 separate processes of identical code differ by up to 20 % on this machine, so arms
 alternate within each round and what is reported is, per metric, the median over a run's
 measured steps, then the median / min / max of those over the rounds. Ratios are of the
 medians, arm / baseline, from the same invocation.
 
-Threads: every arm gets `--threads` cores in all (TRL: torch threads of its one process;
-rlkit: `threads // ranks` per worker). `OMP_WAIT_POLICY` is PASSIVE for every arm by
+Threads: every arm gets `--threads` cores in all unless it says `@N` (TRL: torch threads of
+its one process; rlkit: `threads // ranks` per worker). `OMP_WAIT_POLICY` is PASSIVE for every arm by
 default: on a machine shared with other jobs, OpenMP's spinning threads make 2-thread
 runs up to 10x slower than 1-thread ones (measured here), which would benchmark the
 neighbours, not the framework.
 
-The fp32 matmul rate is measured in this process once per round (same threads), and each
-arm's floor is the FLOPs of its own step (from its mean prompt/generated token counts)
-over the best rate measured: `floor/step` = floor time / measured step time.
+The fp32 matmul peak per core is measured in this process once per round (the best
+single-thread call, see `compute_floor.measure_peak_rate`), and each arm's floor is the
+FLOPs of its own step (from its mean prompt/generated token counts) over its cores x the
+best per-core peak: `floor/step` = floor time / measured step time.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -45,8 +48,9 @@ METRICS = ("step_s", "generate_s", "ref_s", "old_s", "learn_s", "sync_s", "gen_t
 RUN_METRICS = ("peak_rss_tree_mb", "peak_rss_self_mb")
 LABELS = {"step_s": "step wall (s)", "generate_s": "generate (s)", "ref_s": "ref log-probs (s)",
           "old_s": "old log-probs (s)", "learn_s": "learn (s)", "sync_s": "weight sync (s)",
-          "gen_tokens_per_s": "gen tokens/s", "gen_tokens": "gen tokens/step", "peak_rss_tree_mb": "peak RSS tree (MiB)",
-          "peak_rss_self_mb": "peak RSS main (MiB)", "floor_frac": "floor/step"}
+          "gen_tokens_per_s": "gen tokens/s", "gen_tokens": "gen tokens/step",
+          "peak_rss_tree_mb": "peak RSS tree (MiB)", "peak_rss_self_mb": "peak RSS main (MiB)",
+          "floor_frac": "floor/step"}
 
 
 @dataclass(frozen=True)
@@ -59,10 +63,19 @@ class Arm:
     """rlkit only: "ray" or "local"."""
     ranks: int = 1
     """rlkit only: data-parallel workers."""
+    threads: int | None = None
+    """Cores of this arm; None = the harness's --threads."""
 
     @classmethod
     def parse(cls, spec: str) -> "Arm":
-        """`trl`, `rlkit`, `rlkit:local`, `rlkit:ray:2`."""
+        """`trl`, `rlkit`, `rlkit:local`, `rlkit:ray:2`, and any of them with `@threads` (`trl@1`)."""
+        spec, _, threads = spec.partition("@")
+        if threads and (not threads.isdigit() or int(threads) < 1):
+            raise ValueError(f"arm {spec}@{threads}: threads after '@' must be a positive integer")
+        return dataclasses.replace(cls._parse(spec), threads=int(threads) if threads else None)
+
+    @classmethod
+    def _parse(cls, spec: str) -> "Arm":
         parts = spec.split(":")
         if parts[0] not in ("trl", "rlkit") or len(parts) > 3:
             raise ValueError(f"arm {spec!r}: expected trl or rlkit[:ray|local[:ranks]]")
@@ -78,11 +91,13 @@ class Arm:
 
     @property
     def name(self) -> str:
-        """The spec string (`trl`, `rlkit:ray:1`)."""
-        return "trl" if self.side == "trl" else f"rlkit:{self.backend}:{self.ranks}"
+        """The spec string (`trl`, `rlkit:ray:1`, `trl@1`)."""
+        name = "trl" if self.side == "trl" else f"rlkit:{self.backend}:{self.ranks}"
+        return name if self.threads is None else f"{name}@{self.threads}"
 
     def command(self, work: ReferenceWork, threads: int, workdir: str) -> list[str]:
-        """The subprocess command of one run."""
+        """The subprocess command of one run (`threads`: the harness default, unless the arm names its own)."""
+        threads = self.threads or threads
         cmd = [sys.executable, "-m", f"benchmarks.{self.side}_grpo", "--size", work.size,
                "--prompts-per-step", str(work.prompts_per_step), "--steps", str(work.steps),
                "--warmup", str(work.warmup_steps), "--threads", str(threads), "--workdir", workdir]
@@ -91,12 +106,11 @@ class Arm:
         return cmd
 
 
-def run_env(threads: int, wait_policy: str | None) -> dict[str, str]:
-    """The environment of every run (identical for all arms)."""
+def run_env(wait_policy: str | None) -> dict[str, str]:
+    """The environment of every run (identical for all arms; OMP_NUM_THREADS is set per run)."""
     env = dict(os.environ)
     env.update(PYTHONPATH=f"{REPO}{os.pathsep}{env.get('PYTHONPATH', '')}".rstrip(os.pathsep),
-               OMP_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1",
-               RAY_AUTH_MODE="disabled", WANDB_MODE="disabled")
+               TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", RAY_AUTH_MODE="disabled", WANDB_MODE="disabled")
     if wait_policy:
         env["OMP_WAIT_POLICY"] = wait_policy
     return env
@@ -104,6 +118,7 @@ def run_env(threads: int, wait_policy: str | None) -> dict[str, str]:
 
 def run_once(arm: Arm, work: ReferenceWork, threads: int, workdir: str, env: dict, timeout: float) -> dict:
     """Run one arm once; its record, or {"error": ...} with the tail of its output."""
+    env = {**env, "OMP_NUM_THREADS": str(arm.threads or threads)}
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(arm.command(work, threads, workdir), cwd=REPO, env=env, capture_output=True, text=True,
@@ -151,45 +166,48 @@ def model_shape(work: ReferenceWork, workdir: str) -> ModelShape:
     return ModelShape.of(AutoConfig.from_pretrained(model_dir))
 
 
-def floor_seconds(shape: ModelShape, batch: int, summary: dict, rate_gflops: float) -> float | None:
-    """Floor time of one arm's step: its own mean prompt/generated token counts, at the measured rate."""
+def step_total_flops(shape: ModelShape, batch: int, summary: dict) -> float | None:
+    """Matmul FLOPs of one arm's step from its own mean prompt/generated token counts (None if not reported)."""
     if not summary.get("gen_tokens") or not summary.get("prompt_tokens"):
         return None
-    flops = step_flops(shape, batch, summary["prompt_tokens"] / batch, max(1.0, summary["gen_tokens"] / batch)).total
-    return flops / (rate_gflops * 1e9)
+    return step_flops(shape, batch, summary["prompt_tokens"] / batch, max(1.0, summary["gen_tokens"] / batch)).total
 
 
 def interleave(arms: list[Arm], work: ReferenceWork, rounds: int, threads: int, workdir: str, env: dict,
                timeout: float, log=print) -> dict:
-    """Run every arm `rounds` times, A B A B ..., measuring the matmul rate once per round."""
+    """Run every arm `rounds` times, A B A B ..., measuring the per-core matmul peak once per round."""
     results: dict[str, list[dict]] = {a.name: [] for a in arms}
     rates = []
     for r in range(rounds):
-        rates.append(measure_peak_rate(threads, seconds=1.0)["best"])
-        # alternate the order every round so neither arm always runs first (warm caches, neighbours' load)
+        rates.append(measure_peak_rate(threads, seconds=1.0)["per_core_best"])
+        # reverse the order every other round so neither arm always runs first (warm caches, neighbours' load)
         order = arms if r % 2 == 0 else list(reversed(arms))
         for arm in order:
-            log(f"[round {r + 1}/{rounds}] {arm.name} {work.size} x{work.prompts_per_step} prompts ...", file=sys.stderr)
+            log(f"[round {r + 1}/{rounds}] {arm.name} {work.size} x{work.prompts_per_step} prompts ...",
+                file=sys.stderr)
             rec = run_once(arm, work, threads, workdir, env, timeout)
             if "error" in rec:
                 log(f"  {arm.name} FAILED: {rec['error']}", file=sys.stderr)
             results[arm.name].append(rec)
-    return {"results": results, "rates_gflops": rates}
+    return {"results": results, "per_core_gflops": rates}
 
 
-def summarise(arms: list[Arm], work: ReferenceWork, raw: dict, shape: ModelShape) -> dict:
-    """{arm: {metric: spread}} incl. floor/step, from `interleave`'s output."""
-    rate = max(raw["rates_gflops"])
+def summarise(arms: list[Arm], work: ReferenceWork, raw: dict, shape: ModelShape, per_core_gflops: float,
+              threads: int) -> dict:
+    """{arm: {metric: spread}} plus step FLOPs, floor time and floor/step, from `interleave`'s output.
+
+    An arm's floor uses its own core count: per_core_gflops x (arm threads or `threads`).
+    """
     out = {}
     for arm in arms:
         runs = [run_summary(r) for r in raw["results"][arm.name] if "error" not in r]
         table = {m: spread([s[m] for s in runs]) for m in (*METRICS, *RUN_METRICS)}
-        fracs = []
-        for s in runs:
-            floor = floor_seconds(shape, work.batch_size, s, rate)
-            fracs.append(floor / s["step_s"] if floor and s["step_s"] else None)
-        table["floor_frac"] = spread(fracs)
-        table["floor_s"] = spread([floor_seconds(shape, work.batch_size, s, rate) for s in runs])
+        rate = per_core_gflops * (arm.threads or threads) * 1e9
+        flops = [step_total_flops(shape, work.batch_size, s) for s in runs]
+        floors = [f / rate if f else None for f in flops]
+        table["flops"] = spread(flops)
+        table["floor_s"] = spread(floors)
+        table["floor_frac"] = spread([f / s["step_s"] if f and s["step_s"] else None for f, s in zip(floors, runs)])
         out[arm.name] = table
     return out
 
@@ -207,7 +225,8 @@ def format_compare(arms: list[Arm], summary: dict, baseline: str | None) -> str:
         row = f"{LABELS[m]:<22}"
         for n in names:
             s = summary[n][m]
-            row += f"{'n/a':>34}" if s is None else f"{_num(s['median']):>12} [{_num(s['min'])}, {_num(s['max'])}]".rjust(34)
+            cell = "n/a" if s is None else f"{_num(s['median'])} [{_num(s['min'])}, {_num(s['max'])}]"
+            row += f"{cell:>34}"
         if base:
             for n in others:
                 a, b = summary[n][m], summary[base][m]
@@ -221,41 +240,49 @@ def _num(x: float) -> str:
     return f"{x:.0f}" if abs(x) >= 100 else f"{x:.3g}"
 
 
+def _failed(raw: dict) -> bool:
+    return any("error" in r for runs in raw["results"].values() for r in runs)
+
+
 def cmd_compare(a) -> int:
     arms = [Arm.parse(s) for s in a.arms.split(",")]
     work = ReferenceWork(size=a.size, prompts_per_step=a.prompts, steps=a.steps, warmup_steps=a.warmup)
-    env = run_env(a.threads, a.omp_wait_policy)
     t0 = time.perf_counter()
-    raw = interleave(arms, work, a.rounds, a.threads, a.workdir, env, a.timeout)
-    summary = summarise(arms, work, raw, model_shape(work, a.workdir))
-    baseline = a.baseline or ("trl" if any(x.side == "trl" for x in arms) else arms[0].name)
+    raw = interleave(arms, work, a.rounds, a.threads, a.workdir, run_env(a.omp_wait_policy), a.timeout)
+    per_core = max(raw["per_core_gflops"])  # one machine: the best peak of the invocation
+    summary = summarise(arms, work, raw, model_shape(work, a.workdir), per_core, a.threads)
+    baseline = a.baseline or ("trl" if "trl" in summary else arms[0].name)
     print(f"# {work.size} model, {work.prompts_per_step} prompts x {work.samples_per_prompt} samples, "
           f"{work.max_new_tokens} new tokens, {work.steps} steps after {work.warmup_steps} warm-up; "
-          f"{a.rounds} rounds interleaved; {a.threads} threads per arm; OMP_WAIT_POLICY={a.omp_wait_policy}; "
-          f"matmul rate {max(raw['rates_gflops']):.1f} GFLOP/s (best of rounds: "
-          f"{', '.join(f'{r:.1f}' for r in raw['rates_gflops'])}); invocation {time.perf_counter() - t0:.0f} s")
+          f"{a.rounds} rounds interleaved; {a.threads} threads per arm unless @N; "
+          f"OMP_WAIT_POLICY={a.omp_wait_policy or '(unset)'}; matmul peak {per_core:.1f} GFLOP/s per core (rounds: "
+          f"{', '.join(f'{r:.1f}' for r in raw['per_core_gflops'])}); invocation {time.perf_counter() - t0:.0f} s")
     print(format_compare(arms, summary, baseline))
     _write_json(a.json, {"args": vars(a), "raw": raw, "summary": summary})
-    return 1 if any("error" in r for runs in raw["results"].values() for r in runs) else 0
+    return 1 if _failed(raw) else 0
 
 
 def cmd_scaling(a) -> int:
     arms = [Arm.parse(s) for s in a.arms.split(",")]
-    env = run_env(a.threads, a.omp_wait_policy)
-    rows, failed = [], False
+    env = run_env(a.omp_wait_policy)
+    rows = []
     t0 = time.perf_counter()
     for size in a.sizes.split(","):
         for prompts in (int(p) for p in a.prompts.split(",")):
             work = ReferenceWork(size=size, prompts_per_step=prompts, steps=a.steps, warmup_steps=a.warmup)
-            raw = interleave(arms, work, a.rounds, a.threads, a.workdir, env, a.timeout)
-            failed |= any("error" in r for runs in raw["results"].values() for r in runs)
-            rows.append((work, summarise(arms, work, raw, model_shape(work, a.workdir)), raw))
-    base_work, base_summary, _ = rows[0]
-    print(f"# scaling: {a.steps} steps after {a.warmup} warm-up, {a.rounds} round(s), {a.threads} threads per arm, "
-          f"OMP_WAIT_POLICY={a.omp_wait_policy}; invocation {time.perf_counter() - t0:.0f} s")
-    head = f"{'arm':<14}{'size':>5}{'batch':>7}{'step s [min, max]':>26}{'x time':>8}{'x FLOPs':>9}{'gen tok/s':>11}{'floor/step':>12}"
+            rows.append((work, interleave(arms, work, a.rounds, a.threads, a.workdir, env, a.timeout)))
+    failed = any(_failed(raw) for _, raw in rows)
+    per_core = max(r for _, raw in rows for r in raw["per_core_gflops"])
+    rows = [(w, summarise(arms, w, raw, model_shape(w, a.workdir), per_core, a.threads), raw) for w, raw in rows]
+    base_summary = rows[0][1]
+    print(f"# scaling: {a.steps} steps after {a.warmup} warm-up, {a.rounds} round(s), {a.threads} threads per arm "
+          f"unless @N, OMP_WAIT_POLICY={a.omp_wait_policy or '(unset)'}; matmul peak {per_core:.1f} GFLOP/s per core; "
+          f"invocation {time.perf_counter() - t0:.0f} s")
+    head = (f"{'arm':<14}{'size':>5}{'batch':>7}{'step s [min, max]':>26}{'x time':>8}{'x FLOPs':>9}"
+            f"{'gen tok/s':>11}{'floor/step':>12}")
     print(head)
     print("-" * len(head))
+    nan = float("nan")
     for arm in arms:
         for work, summary, _ in rows:
             s, b = summary[arm.name], base_summary[arm.name]
@@ -263,12 +290,12 @@ def cmd_scaling(a) -> int:
             if st is None:
                 print(f"{arm.name:<14}{work.size:>5}{work.batch_size:>7}{'n/a':>26}")
                 continue
-            x_time = st["median"] / b["step_s"]["median"] if b["step_s"] else float("nan")
-            x_flops = (s["floor_s"]["median"] / b["floor_s"]["median"]) if s["floor_s"] and b["floor_s"] else float("nan")
-            tps = s["gen_tokens_per_s"]["median"] if s["gen_tokens_per_s"] else float("nan")
-            ff = s["floor_frac"]["median"] if s["floor_frac"] else float("nan")
-            print(f"{arm.name:<14}{work.size:>5}{work.batch_size:>7}"
-                  f"{_num(st['median']) + ' [' + _num(st['min']) + ', ' + _num(st['max']) + ']':>26}"
+            x_time = st["median"] / b["step_s"]["median"] if b["step_s"] else nan
+            x_flops = s["flops"]["median"] / b["flops"]["median"] if s["flops"] and b["flops"] else nan
+            tps = s["gen_tokens_per_s"]["median"] if s["gen_tokens_per_s"] else nan
+            ff = s["floor_frac"]["median"] if s["floor_frac"] else nan
+            cell = f"{_num(st['median'])} [{_num(st['min'])}, {_num(st['max'])}]"
+            print(f"{arm.name:<14}{work.size:>5}{work.batch_size:>7}{cell:>26}"
                   f"{x_time:>8.2f}{x_flops:>9.2f}{tps:>11.0f}{ff:>12.3f}")
     _write_json(a.json, {"args": vars(a), "rows": [{"work": vars(w), "summary": s, "raw": r} for w, s, r in rows]})
     return 1 if failed else 0
@@ -285,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="command", required=True)
     for name in ("compare", "scaling"):
         s = sub.add_parser(name)
-        s.add_argument("--arms", default="rlkit,trl", help="comma-separated arms: trl, rlkit[:ray|local[:ranks]]")
+        s.add_argument("--arms", default="rlkit,trl",
+                       help="comma-separated arms: trl or rlkit[:ray|local[:ranks]], each optionally @threads")
         s.add_argument("--rounds", type=int, default=3 if name == "compare" else 1)
         s.add_argument("--steps", type=int, default=10 if name == "compare" else 3)
         s.add_argument("--warmup", type=int, default=1)
@@ -302,6 +330,9 @@ def main(argv: list[str] | None = None) -> int:
             s.add_argument("--sizes", default="1m,9m")
             s.add_argument("--prompts", default="8,32", help="prompts per step to try (x8 samples each)")
     a = p.parse_args(argv)
+    if a.omp_wait_policy and "torch" not in sys.modules:
+        # the matmul rate measured in this process must see the same OpenMP setting as the runs
+        os.environ["OMP_WAIT_POLICY"] = a.omp_wait_policy
     return {"compare": cmd_compare, "scaling": cmd_scaling}[a.command](a)
 
 

@@ -180,7 +180,8 @@ def check_same_token_ids(model_dir: str | os.PathLike, prompts: list[dict[str, s
         raise AssertionError(f"{model_dir}: AutoTokenizer has {len(loaded)} tokens, the char tokenizer {len(ours)}")
     for name in ("pad_token_id", "eos_token_id", "bos_token_id"):
         if getattr(loaded, name) != getattr(ours, name):
-            raise AssertionError(f"{model_dir}: {name} {getattr(loaded, name)} != char tokenizer's {getattr(ours, name)}")
+            got, want = getattr(loaded, name), getattr(ours, name)
+            raise AssertionError(f"{model_dir}: AutoTokenizer's {name} {got} != the char tokenizer's {want}")
     texts = [r["prompt"] for r in prompts] + [r["ground_truth"] + ours.eos_token for r in prompts]
     for text in texts:
         a, b = loaded(text)["input_ids"], ours(text)["input_ids"]
@@ -279,7 +280,8 @@ def parse_record(stdout: str) -> dict:
     """The record of a side's stdout (the last `BENCH_JSON` line); ValueError if there is none."""
     lines = [line for line in stdout.splitlines() if line.startswith(JSON_MARKER)]
     if not lines:
-        raise ValueError(f"no {JSON_MARKER.strip()} line in the output; last lines:\n" + "\n".join(stdout.splitlines()[-20:]))
+        tail = "\n".join(stdout.splitlines()[-20:])
+        raise ValueError(f"no {JSON_MARKER.strip()} line in the output; last lines:\n{tail}")
     return json.loads(lines[-1][len(JSON_MARKER):])
 
 

@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--prompts-per-step", type=int, default=8)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--threads", type=int, default=2, help="torch threads of the TRL process (default: 2 = all cores here)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads of the TRL process (2 = all cores here)")
     p.add_argument("--workdir", default=str(DEFAULT_WORKDIR), help="where the model folder and prompt file are kept")
     a = p.parse_args(argv)
     work = ReferenceWork(size=a.size, prompts_per_step=a.prompts_per_step, steps=a.steps, warmup_steps=a.warmup)
