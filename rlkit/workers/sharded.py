@@ -69,7 +69,9 @@ class TokenScoreModel(nn.Module):
         hidden = backbone(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
         ).last_hidden_state  # (b, L, H)
-        return getattr(self.hf, self.head_name)(hidden).squeeze(-1)  # (b, L)
+        # (b, L, 1): squeezed by the caller, outside FSDP's hooks (a view returned
+        # from an FSDP module would bypass its pre-backward hook if edited in place)
+        return getattr(self.hf, self.head_name)(hidden)
 
 
 class ShardedModel:
@@ -190,7 +192,7 @@ class ShardedModel:
                 logits_to_keep=logits_to_keep,
             )
             return out.logits
-        return self.module(input_ids, attention_mask, position_ids).float()
+        return self.module(input_ids, attention_mask, position_ids)[..., 0].float()  # (b, L)
 
     # ------------------------------------------------------------------ offload
 
