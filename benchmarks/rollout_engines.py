@@ -154,7 +154,8 @@ def bench_hf(model_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
     _, tokenizer = load_model_and_tokenizer(model_dir)
     prompts = make_prompts(tokenizer, args.prompts)
     sampling = {"n": args.n, "temperature": 1.0, "max_new_tokens": args.max_new_tokens}
-    kwargs = {"model": str(model_dir), "rollout": sampling}
+    keep = {"auto": None, "on": True, "off": False}[args.keep_unsharded]
+    kwargs = {"model": str(model_dir), "rollout": sampling, "keep_unsharded": keep}
     backend = "local" if args.ranks == 1 and args.local else "ray"
     pool = ResourcePool(nodes=1, devices_per_node=args.ranks) if backend == "ray" else None
     group = WorkerGroup(pool, {"actor": RoleSpec(BenchActor, kwargs=kwargs)}, backend=backend,
@@ -242,6 +243,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     parser.add_argument("--ranks", type=int, default=2, help="data-parallel ranks of the actor (ray)")
     parser.add_argument("--local", action="store_true", help="with --ranks 1: the local backend instead of ray")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per rank")
+    parser.add_argument("--keep-unsharded", choices=("auto", "on", "off"), default="auto",
+                        help="hf engine: gather every module for the whole generation (auto: when ranks > 1)")
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--n", type=int, default=4, help="samples per prompt")
     parser.add_argument("--max-new-tokens", type=int, default=32)

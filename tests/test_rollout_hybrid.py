@@ -190,3 +190,14 @@ def test_generate_is_measured_in_the_actor_stats(one_rank, prompts):
     assert entry["actor/generate/new_tokens"] == out.response_mask.sum()
     assert entry["actor/generate/tokens"] == out.num_tokens()
     assert entry["actor/generate/sync/world_size"] == 1.0
+
+
+@pytest.mark.parametrize("temperature, logprob_temperature", [(0.7, 0.7), (0.0, 1.0)])
+def test_kwargs_from_config_take_log_probs_at_the_sampling_temperature(temperature, logprob_temperature):
+    from rlkit.config import Config
+
+    cfg = Config.preset("arithmetic-tiny")
+    cfg.rollout.temperature = temperature
+    kwargs = HybridActor.kwargs_from_config(cfg)
+    assert kwargs["temperature"] == logprob_temperature and kwargs["rollout"] is cfg.rollout
+    assert kwargs["model"] == cfg.model.path

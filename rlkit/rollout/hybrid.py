@@ -162,7 +162,10 @@ class HybridActor:
     @staticmethod
     def kwargs_from_config(cfg: Any) -> dict[str, Any]:
         """Constructor kwargs from an `rlkit.config.Config` (the policy's plus the rollout section)."""
-        return {**PolicyWorker.kwargs_from_config(cfg), "rollout": cfg.rollout}
+        kwargs = {**PolicyWorker.kwargs_from_config(cfg), "rollout": cfg.rollout}
+        # log-probs at the temperature the engine samples at (greedy rollouts: 1, never a division by 0)
+        kwargs["temperature"] = SamplingParams.from_config(cfg.rollout).logprob_temperature
+        return kwargs
 
 
 __all__ = ["HybridActor"]
