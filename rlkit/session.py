@@ -102,24 +102,39 @@ class Session:
         self.cost_fn = cost_fn or rules[1]
 
         model_cfg = cfg.override({"model.path": str(self.model_path)})
-        roles = {"actor": RoleSpec(HybridActor, kwargs=HybridActor.kwargs_from_config(model_cfg))}
+        specs = {"actor": RoleSpec(HybridActor, kwargs=HybridActor.kwargs_from_config(model_cfg))}
         if self.algo.uses_reference:
-            roles["ref"] = RoleSpec(ReferenceWorker, kwargs=ReferenceWorker.kwargs_from_config(model_cfg))
+            specs["ref"] = RoleSpec(ReferenceWorker, kwargs=ReferenceWorker.kwargs_from_config(model_cfg))
         if self.algo.uses_critic:
-            roles["critic"] = RoleSpec(CriticWorker, kwargs=CriticWorker.kwargs_from_config(model_cfg))
+            specs["critic"] = RoleSpec(CriticWorker, kwargs=CriticWorker.kwargs_from_config(model_cfg))
         if cfg.model.reward_model_path:
-            roles["reward"] = RoleSpec(RewardModelWorker, kwargs=RewardModelWorker.kwargs_from_config(model_cfg))
+            specs["reward"] = RoleSpec(RewardModelWorker, kwargs=RewardModelWorker.kwargs_from_config(model_cfg))
         if cfg.model.cost_model_path:
-            roles["cost"] = RoleSpec(RewardModelWorker, kwargs=RewardModelWorker.kwargs_from_config(model_cfg, "costs"))
-        self.group = self.runtime.make_group(roles, name="rl")
+            specs["cost"] = RoleSpec(RewardModelWorker, kwargs=RewardModelWorker.kwargs_from_config(model_cfg, "costs"))
+        self.placement = placement_of(cfg, list(specs), self.backend)
+        """Which roles share devices: a list of (role names, device count), one worker group each."""
+        self.groups = []
+        """One worker group per entry of `placement` (roles in one group share processes)."""
+        self.roles = {}
+        """role name -> its handle (`s.roles["actor"].compute_logprobs(batch)`)."""
+        self._group_of = {}
+        for i, (names, devices) in enumerate(self.placement):
+            per_node = min(devices, cfg.cluster.devices_per_node)
+            pool = self.runtime.make_pool(nodes=max(1, devices // per_node), devices_per_node=per_node)
+            group = self.runtime.make_group({name: specs[name] for name in names}, pool, name=f"rl{i}")
+            self.groups.append(group)
+            self.roles.update({name: group[name] for name in names})
+            self._group_of.update({name: group for name in names})
+        self.group = self.groups[0]
+        """The actor's worker group."""
         self.steps_done = 0
         """RL steps (generate + prepare + learn) completed."""
-        self.monitor = SessionMonitor(cfg, self.run_dir, roles=list(roles), pop_role_stats=self._pop_role_stats)
+        self.monitor = SessionMonitor(cfg, self.run_dir, roles=list(specs), pop_role_stats=self._pop_role_stats)
         """Per-stage stats, the run directory's stats.jsonl, the dashboard and W&B."""
 
     def _pop_role_stats(self) -> dict:
         # One broadcast per role: every rank's per-call measurements since the last stage.
-        return {role: self.group[role].pop_stats() for role in self.group.roles}
+        return {role: handle.pop_stats() for role, handle in self.roles.items()}
 
     # ------------------------------------------------------------------ primitives (used by algorithms)
 
@@ -147,43 +162,45 @@ class Session:
             stop=list(r.stop),
         )
         prompts = prompts.replace(group_id=torch.arange(len(prompts)))
-        return self.group.actor.generate(prompts, params)
+        return self.roles["actor"].generate(prompts, params)
 
     def score(self, batch: Batch) -> Batch:
         """`scores` (B,) from the reward model or rule, and `costs` (B,) when a cost model/rule exists."""
         from rlkit.workers.reward_model import rule_scores
 
         fields = {}
-        if "reward" in self.group.roles:
-            fields["scores"] = self.group.reward.score(batch).scores
+        if "reward" in self.roles:
+            fields["scores"] = self.roles["reward"].score(batch).scores
         else:
             fields["scores"] = rule_scores(batch, self.reward_fn, self.tokenizer)
-        if "cost" in self.group.roles:
-            fields["costs"] = self.group.cost.score(batch).costs
+        if "cost" in self.roles:
+            fields["costs"] = self.roles["cost"].score(batch).costs
         elif self.cost_fn is not None:
             fields["costs"] = rule_scores(batch, self.cost_fn, self.tokenizer)
         return batch.replace(**fields)
 
     def compute_old_logprobs(self, batch: Batch) -> Batch:
-        return batch.replace(old_logprobs=self.group.actor.compute_logprobs(batch, "old_logprobs").old_logprobs)
+        return batch.replace(old_logprobs=self.roles["actor"].compute_logprobs(batch, "old_logprobs").old_logprobs)
 
     def compute_ref_logprobs(self, batch: Batch) -> Batch:
-        return batch.replace(ref_logprobs=self.group.ref.compute_logprobs(batch, "ref_logprobs").ref_logprobs)
+        return batch.replace(ref_logprobs=self.roles["ref"].compute_logprobs(batch, "ref_logprobs").ref_logprobs)
 
     def compute_values(self, batch: Batch) -> Batch:
-        return batch.replace(values=self.group.critic.compute_values(batch).values)
+        return batch.replace(values=self.roles["critic"].compute_values(batch).values)
 
     def update_actor(self, batch: Batch) -> dict:
         from rlkit.workers import interleave_minibatches
 
-        ordered = interleave_minibatches(batch, self.group.world_size, self.config.actor.mini_batch_size)
-        return self.group.actor.update(ordered, self.algo.actor_loss)[0]
+        actor = self.roles["actor"]
+        ordered = interleave_minibatches(batch, self._group_of["actor"].world_size, self.config.actor.mini_batch_size)
+        return actor.update(ordered, self.algo.actor_loss)[0]
 
     def update_critic(self, batch: Batch) -> dict:
         from rlkit.workers import interleave_minibatches
 
-        ordered = interleave_minibatches(batch, self.group.world_size, self.config.actor.mini_batch_size)
-        return self.group.critic.update(ordered)[0]
+        critic = self.roles["critic"]
+        ordered = interleave_minibatches(batch, self._group_of["critic"].world_size, self.config.actor.mini_batch_size)
+        return critic.update(ordered)[0]
 
     # ------------------------------------------------------------------ the stages (notebook cells)
 
@@ -285,6 +302,33 @@ class Session:
         algo = getattr(getattr(self, "algo", None), "name", None)
         return f"<rlkit.Session backend={self.backend!r} algo={algo!r} steps={getattr(self, 'steps_done', 0)} " \
                f"{'closed' if self.closed else 'live'}>"
+
+
+def placement_of(cfg: Config, roles: list[str], backend: str) -> list[tuple[list[str], int]]:
+    """Which roles share devices, from `cluster.placement`:
+
+    - "colocate": every role on all devices (one process per device holds them all);
+    - "split": the actor on its own devices, the other roles together on as many others;
+    - "auto": the planner's choice (`rlkit.plan`) for this config on this cluster.
+    The local backend has one process: everything is colocated.
+    """
+    devices = cfg.cluster.nodes * cfg.cluster.devices_per_node
+    mode = cfg.cluster.placement
+    if backend == "local" or len(roles) == 1 or mode == "colocate":
+        return [(roles, devices)]
+    if mode == "split":
+        return [(["actor"], devices), ([r for r in roles if r != "actor"], devices)]
+    from rlkit.planner import plan_from_config
+
+    pools = plan_from_config(cfg).to_pools()
+    out = [([r for r in pool.roles if r in roles], pool.devices) for pool in pools]
+    out = [(names, n) for names, n in out if names]
+    placed = {r for names, _ in out for r in names}
+    missing = [r for r in roles if r not in placed]
+    if missing:  # roles the planner's dataflow does not model ride with the actor
+        out[0] = (out[0][0] + missing, out[0][1])
+    out.sort(key=lambda item: "actor" not in item[0])  # the actor's group first
+    return out
 
 
 def run_directory(cfg: Config) -> Path:

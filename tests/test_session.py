@@ -142,9 +142,22 @@ def test_registered_algorithm_by_name(ray_cluster, tmp_path):
     cfg = tiny_config(tmp_path, algo="centered_reinforce")
     with rlkit.Session(cfg) as s:
         assert s.algo.name == "centered_reinforce"
-        assert "ref" not in s.group.roles  # the algorithm said it needs no reference model
+        assert "ref" not in s.roles  # the algorithm said it needs no reference model
 
 
 def test_unknown_algorithm_is_a_clear_error(ray_cluster, tmp_path):
     with pytest.raises(ValueError, match="unknown algorithm.*grpo"):
         rlkit.Session(tiny_config(tmp_path, algo="nope"))
+
+
+@pytest.mark.parametrize("placement", ["split", "auto"])
+def test_placements_build_groups_that_train(ray_cluster, tmp_path, placement):
+    """"split" puts the actor and the other roles in separate processes; "auto" asks the planner."""
+    cfg = tiny_config(tmp_path, algo="ppo", cluster={"placement": placement})
+    with rlkit.Session(cfg, reward_fn=parity_reward) as s:
+        placed = sorted(r for names, _ in s.placement for r in names)
+        assert placed == ["actor", "critic", "ref"]
+        if placement == "split":
+            assert len(s.groups) == 2 and s.groups[0].pids != s.groups[1].pids
+        stats = s.step()
+    assert "critic/vf_loss" in stats or "critic/loss" in stats
