@@ -1,4 +1,4 @@
-"""The `rlkit` command line: `rlkit demo`, `rlkit train`, `rlkit tiny-model`.
+"""The `rlkit` command line: `rlkit demo`, `rlkit train`, `rlkit plan`, `rlkit tiny-model`.
 
 Each subcommand is one `_add_<name>` function that declares its arguments and
 sets `func`, the function `main` calls with the parsed arguments. Heavy imports
@@ -109,12 +109,39 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_train)
 
 
+def _run_plan(args: argparse.Namespace) -> int:
+    from rlkit.config import config_from_args
+    from rlkit.planner import format_plan, plan_from_config
+
+    if args.config_path is None and args.preset is None:
+        args.preset = "arithmetic-tiny"
+    cfg = config_from_args(args)
+    print(format_plan(plan_from_config(cfg, cluster=args.cluster), top=args.top))
+    return 0
+
+
+def _add_plan(sub: argparse._SubParsersAction) -> None:
+    from rlkit.config import add_config_args
+
+    p = sub.add_parser(
+        "plan",
+        help="choose placement and parallel sizes for a config from the cost model (auto-mapping)",
+        description="Search placements of the run's models (which share devices) and their parallel sizes, "
+        "and print the best mapping with predicted iteration time and memory, and the alternatives.",
+    )
+    add_config_args(p)
+    p.add_argument("--cluster", default=None,
+                   help='devices to plan for, e.g. "128xA100-80GB" or "8xH100" (default: the config\'s cluster)')
+    p.add_argument("--top", type=int, default=10, help="alternatives to list (default: 10)")
+    p.set_defaults(func=_run_plan)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `rlkit` argument parser with every subcommand."""
     parser = argparse.ArgumentParser(prog="rlkit", description="RL for language models, from a notebook or a shell.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for add in (_add_demo, _add_train, _add_tiny_model):
+    for add in (_add_demo, _add_train, _add_plan, _add_tiny_model):
         add(sub)
     return parser
 
