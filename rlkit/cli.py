@@ -1,4 +1,4 @@
-"""The `rlkit` command line: `rlkit demo`, `rlkit train`, `rlkit plan`, `rlkit tiny-model`.
+"""The `rlkit` command line: `rlkit demo`, `rlkit sample`, `rlkit train`, `rlkit plan`, `rlkit tiny-model`.
 
 Each subcommand is one `_add_<name>` function that declares its arguments and
 sets `func`, the function `main` calls with the parsed arguments. Heavy imports
@@ -27,8 +27,9 @@ def _run_demo(args: argparse.Namespace) -> int:
         args.preset = "arithmetic-tiny"
     cfg = config_from_args(args)
     _quiet_transformers()
-    run_demo(cfg, out_dir=args.out, num_prompts=args.num_prompts, show=args.show)
-    return 0
+    steps = {} if args.steps is None else {"steps": args.steps}
+    result = run_demo(cfg, out_dir=args.out, num_prompts=args.num_prompts, show=args.show, **steps)
+    return 0 if result.accuracy_after >= 0 else 1
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
@@ -36,15 +37,44 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "demo",
-        help="sample and score held-out prompts with a tiny (or given) model",
-        description="Build the tiny model of the config (default preset: arithmetic-tiny), sample answers for "
-        "held-out prompts, score them and print a table and the accuracy.",
+        help="the whole pipeline on the arithmetic task: SFT warm-up, RL, accuracy before and after",
+        description="SFT warm-up of the tiny model (cached under OUT/sft), then RL steps with the config's "
+        "algorithm (GRPO by default) in a Session, with the greedy eval accuracy before and after.",
     )
     add_config_args(p)
-    p.add_argument("--out", default="runs/demo", help="folder for the saved tiny model (default: runs/demo)")
+    p.add_argument("--out", default="runs/demo", help="folder for the SFT cache and the run (default: runs/demo)")
+    p.add_argument("--steps", type=int, default=None, help="RL steps (default: rlkit.demo.DEMO_STEPS)")
+    p.add_argument("--num-prompts", type=int, default=64, help="eval prompts (default: 64)")
+    p.add_argument("--show", type=int, default=8, help="eval samples to print (default: 8)")
+    p.set_defaults(func=_run_demo)
+
+
+def _run_sample(args: argparse.Namespace) -> int:
+    from rlkit.config import config_from_args
+    from rlkit.demo import sample_and_score
+
+    if args.config_path is None and args.preset is None:
+        args.preset = "arithmetic-tiny"
+    cfg = config_from_args(args)
+    _quiet_transformers()
+    sample_and_score(cfg, out_dir=args.out, num_prompts=args.num_prompts, show=args.show)
+    return 0
+
+
+def _add_sample(sub: argparse._SubParsersAction) -> None:
+    from rlkit.config import add_config_args
+
+    p = sub.add_parser(
+        "sample",
+        help="sample and score held-out prompts with a model (plain transformers, no RL)",
+        description="Load the config's model (or build its tiny preset), sample answers for held-out prompts "
+        "with transformers generate, score them and print a table and the accuracy.",
+    )
+    add_config_args(p)
+    p.add_argument("--out", default="runs/sample", help="folder for the saved tiny model (default: runs/sample)")
     p.add_argument("--num-prompts", type=int, default=64, help="eval prompts to sample (default: 64)")
     p.add_argument("--show", type=int, default=16, help="rows of the table to print (default: 16)")
-    p.set_defaults(func=_run_demo)
+    p.set_defaults(func=_run_sample)
 
 
 def _run_tiny_model(args: argparse.Namespace) -> int:
@@ -141,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlkit", description="RL for language models, from a notebook or a shell.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for add in (_add_demo, _add_train, _add_plan, _add_tiny_model):
+    for add in (_add_demo, _add_sample, _add_train, _add_plan, _add_tiny_model):
         add(sub)
     return parser
 

@@ -1,9 +1,14 @@
-"""`rlkit demo`: the smallest end-to-end look at the pieces, before any RL.
+"""`rlkit demo`: the whole pipeline on the arithmetic task, in a few minutes of CPU.
 
-Build (or load) the model and tokenizer, sample answers for held-out prompts
-with transformers `generate`, score them with the rule reward and print a
-table and the accuracy. A freshly initialised tiny model scores ~0: this is the
-"before" picture that an RL run must improve.
+1. SFT warm-up of the tiny model (`rlkit.workers.sft.run_sft`, cached under
+   `out_dir/sft`: the second run skips it);
+2. a `Session` on the SFT policy, greedy eval accuracy before RL;
+3. `s.train(steps)` with the configured algorithm (GRPO by default), progress bar;
+4. eval accuracy after, a table of eval samples, and where the run's stats and
+   plots were written.
+
+`sample_and_score` is the smallest look at the pieces without any RL: sample
+answers for held-out prompts with plain transformers `generate` and score them.
 """
 
 from __future__ import annotations
@@ -22,8 +27,8 @@ from rlkit.data.models import load_model_and_tokenizer, save_tiny_model
 
 
 @dataclass
-class DemoResult:
-    """What `run_demo` measured."""
+class SampleResult:
+    """What `sample_and_score` measured."""
 
     accuracy: float
     """Fraction of prompts whose sampled response earned reward 1."""
@@ -41,14 +46,14 @@ class DemoResult:
     """Wall time of the whole demo."""
 
 
-def run_demo(
+def sample_and_score(
     cfg: Config | None = None,
     *,
     out_dir: str | Path = "runs/demo",
     num_prompts: int = 64,
     show: int = 16,
     print_fn: Callable[[str], None] | None = print,
-) -> DemoResult:
+) -> SampleResult:
     """Sample and score `num_prompts` eval prompts; print `show` rows and the accuracy via `print_fn`.
 
     cfg: defaults to `Config.preset("arithmetic-tiny")`. Used fields: model.path /
@@ -105,7 +110,7 @@ def run_demo(
         say(f"... ({len(prompts) - show} more rows)")
     seconds = time.perf_counter() - start
     say(f"accuracy: {accuracy:.3f} ({int(rewards.sum().item())}/{len(prompts)}) | model: {model_dir} | {seconds:.1f} s")
-    return DemoResult(
+    return SampleResult(
         accuracy=accuracy,
         prompts=list(prompts),
         responses=responses,
@@ -129,3 +134,66 @@ def format_table(
     lines = [" | ".join(h.ljust(w) for h, w in zip(header, widths)), "-+-".join("-" * w for w in widths)]
     lines += [" | ".join(c[:w].ljust(w) for c, w in zip(row, widths)) for row in cells]
     return "\n".join(lines)
+
+
+@dataclass
+class DemoResult:
+    """What `run_demo` measured."""
+
+    sft_accuracy: float
+    """Greedy exact match of the SFT policy on the SFT eval prompts."""
+    accuracy_before: float
+    """Greedy eval accuracy of the Session's policy before RL."""
+    accuracy_after: float
+    """Greedy eval accuracy after `steps` RL steps."""
+    history: list
+    """Per-step stats of the RL run."""
+    run_dir: str
+    """The RL run's directory (config.yaml, stats.jsonl, samples.jsonl, dashboard.html)."""
+    seconds: float
+    """Wall time of the whole demo."""
+
+
+DEMO_STEPS = 30
+
+
+def run_demo(
+    cfg: Config | None = None,
+    *,
+    out_dir: str | Path = "runs/demo",
+    steps: int = DEMO_STEPS,
+    num_prompts: int = 64,
+    show: int = 8,
+    print_fn: Callable[[str], None] | None = print,
+) -> DemoResult:
+    """SFT warm-up (cached), eval, `steps` RL steps, eval; prints the accuracy before and after."""
+    import rlkit
+    from rlkit.workers.sft import run_sft
+
+    start = time.perf_counter()
+    cfg = cfg if cfg is not None else Config.preset("arithmetic-tiny")
+    say = print_fn or (lambda _: None)
+    out_dir = Path(out_dir)
+
+    say("1/3 SFT warm-up (cached after the first run) ...")
+    sft = run_sft(cfg, out_dir / "sft", progress=print_fn is not None)
+    say(f"    SFT policy: exact match {sft.exact_match:.1%}{' (cached)' if sft.cached else ''} -> {sft.model_dir}")
+
+    run_cfg = cfg.override({"model.path": str(sft.model_dir), "logging.run_dir": str(out_dir),
+                            "logging.run_name": cfg.logging.run_name or f"{cfg.algo.name}"})
+    with rlkit.Session(run_cfg) as s:
+        before = s.evaluate(num_prompts=num_prompts)["eval/accuracy"]
+        say(f"2/3 {cfg.algo.name} for {steps} steps (eval accuracy before: {before:.1%}) ...")
+        history = s.train(steps)
+        after = s.evaluate(num_prompts=num_prompts)["eval/accuracy"]
+        greedy = s.score(s.rollout(s.prompts.eval_batch(show), greedy=True))
+        texts, eos_seen = decode_responses(s.tokenizer, greedy.response_ids, greedy.response_mask)
+        say(format_table(list(greedy.prompt_text), texts, eos_seen.tolist(),
+                         greedy.scores.tolist(), list(greedy.ground_truth)))
+        html = s.monitor.write_html()
+        run_dir = str(s.run_dir)
+    seconds = time.perf_counter() - start
+    say(f"3/3 eval accuracy: {before:.1%} -> {after:.1%} after {steps} {cfg.algo.name} steps | {seconds:.0f} s")
+    say(f"    stats: {run_dir}/stats.jsonl | plots: {html}")
+    return DemoResult(sft.exact_match, before, after, history, run_dir, seconds)
+

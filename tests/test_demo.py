@@ -12,12 +12,12 @@ from rlkit.cli import main
 from rlkit.config import Config
 from rlkit.data.arithmetic import ArithmeticTask, arithmetic_reward
 from rlkit.data.models import load_model_and_tokenizer
-from rlkit.demo import run_demo
+from rlkit.demo import sample_and_score
 
 
-def test_run_demo_samples_scores_and_prints(tmp_path):
+def test_sample_and_score_samples_scores_and_prints(tmp_path):
     lines = []
-    result = run_demo(out_dir=tmp_path, num_prompts=64, show=5, print_fn=lines.append)
+    result = sample_and_score(out_dir=tmp_path, num_prompts=64, show=5, print_fn=lines.append)
     out = "\n".join(lines)
 
     expected_prompts = [p["prompt"] for p in ArithmeticTask(digits=2, seed=0).problems(64, "eval")]
@@ -37,28 +37,28 @@ def test_run_demo_samples_scores_and_prints(tmp_path):
     load_model_and_tokenizer(result.model_dir)
 
 
-def test_run_demo_is_deterministic_and_greedy_option(tmp_path):
+def test_sample_and_score_is_deterministic_and_greedy_option(tmp_path):
     cfg = Config.preset("arithmetic-tiny")
-    a = run_demo(cfg, out_dir=tmp_path / "a", num_prompts=16, print_fn=None)
-    b = run_demo(cfg, out_dir=tmp_path / "b", num_prompts=16, print_fn=None)
+    a = sample_and_score(cfg, out_dir=tmp_path / "a", num_prompts=16, print_fn=None)
+    b = sample_and_score(cfg, out_dir=tmp_path / "b", num_prompts=16, print_fn=None)
     assert a.responses == b.responses and a.rewards == b.rewards
-    greedy = run_demo(cfg.override({"rollout.temperature": 0.0}), out_dir=tmp_path / "a", num_prompts=16, print_fn=None)
+    greedy = sample_and_score(cfg.override({"rollout.temperature": 0.0}), out_dir=tmp_path / "a", num_prompts=16, print_fn=None)
     assert greedy.responses != a.responses  # sampling at temperature 1 differs from the argmax
 
 
-def test_run_demo_on_a_given_model_and_prompt_file(tmp_path, tiny_model_dir):
+def test_sample_and_score_on_a_given_model_and_prompt_file(tmp_path, tiny_model_dir):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('{"q": "1+1=", "a": "2"}\n{"q": "2+2=", "a": 4}\n')
     cfg = Config.preset("arithmetic-tiny").override(
         {"model.path": str(tiny_model_dir), "data.source": str(prompts), "data.prompt_key": "q", "data.answer_key": "a"}
     )
-    result = run_demo(cfg, out_dir=tmp_path / "unused", num_prompts=64, print_fn=None)
+    result = sample_and_score(cfg, out_dir=tmp_path / "unused", num_prompts=64, print_fn=None)
     assert sorted(result.prompts) == ["1+1=", "2+2="] and result.model_dir == str(tiny_model_dir)
     assert not (tmp_path / "unused").exists()
 
 
 def test_cli_demo_and_tiny_model(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path / "demo"), "--num-prompts", "8", "--show", "3"]) == 0
+    assert main(["sample", "--out", str(tmp_path / "demo"), "--num-prompts", "8", "--show", "3"]) == 0
     out = capsys.readouterr().out
     assert "accuracy:" in out and "(5 more rows)" in out
 
@@ -70,10 +70,10 @@ def test_cli_demo_and_tiny_model(tmp_path, capsys):
 
 def test_cli_errors_are_short_and_named(tmp_path, capsys):
     missing = tmp_path / "missing.jsonl"
-    code = main(["demo", "--out", str(tmp_path), "--set", f"data.source={missing}"])
+    code = main(["sample", "--out", str(tmp_path), "--set", f"data.source={missing}"])
     assert code == 2
     err = capsys.readouterr().err
-    assert "rlkit demo: error:" in err and "missing.jsonl" in err and "Traceback" not in err
+    assert "rlkit sample: error:" in err and "missing.jsonl" in err and "Traceback" not in err
     with pytest.raises(SystemExit):
         main(["tiny-model", "gpt-huge", str(tmp_path)])
 
