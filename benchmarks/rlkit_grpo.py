@@ -12,13 +12,21 @@ Threads: the run gets `--threads` cores in all (default 2, what TRL gets); each 
 `--ranks` workers runs `threads // ranks` torch threads (`cluster.threads_per_worker`).
 Ray would otherwise give every actor OMP_NUM_THREADS=1, i.e. half the machine.
 
-Stage times come from the stats dict of `Session.step()` (the keys are in STAT_KEYS; the
-first one present is used, so the Session may name the prepare sub-stages as it likes).
-Equal work: the run fails if a step reports no learn time (a skipped update), so a batch
-whose advantages are all zero (the usual case for an untrained model) is still trained on.
+How the stages are timed:
+- step, generate, learn: `time/step`, `time/generate`, `time/learn` of the stats dict that
+  `Session.step()` returns (STAT_KEYS);
+- ref / old log-probs: the driver's wall time around `Session.compute_ref_logprobs` and
+  `Session.compute_old_logprobs` (wrapped on the instance; dispatch and gather included),
+  the two calls GRPO's prepare stage makes. rlkit runs the old forward even with one
+  update per step, where TRL reuses the policy forward's log-probs: ~20 % more matmul work;
+- weight sync: `time/sync` when the Session reports it, else 0 (the hf engine generates
+  from the actor's own parameters, unsharded in place: its cost is inside generate);
+- tokens: real prompt and generated tokens of `Session.last_batch` (masks summed).
 
-Status: written against the planned Session API (`rlkit.Session(cfg)`, `s.step()`);
-until the Session has `step()` this exits with a message saying so.
+Equal work: the run fails if a step reports no learn time, `actor/skipped` != 0 or a number
+of optimizer steps other than 1, so a batch whose advantages are all zero (the usual case
+for an untrained model) is still trained on, exactly once. The reward is the reference
+work's (completion starts with the sum), handed to the Session as `reward_fn`.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ from benchmarks.reference_work import (
     PeakRSS,
     ReferenceWork,
     StepRecord,
+    Stopwatch,
     build_reference,
     check_model_shape,
     check_same_token_ids,
@@ -43,19 +52,13 @@ from benchmarks.reference_work import (
     starts_with_sum,
 )
 
-# StepRecord field -> stats keys of Session.step(), first present wins. Adjust here when the Session lands.
-STAT_KEYS: dict[str, tuple[str, ...]] = {
-    "step_s": ("time/step",),
-    "generate_s": ("time/generate",),
-    "ref_s": ("time/ref_logprobs", "time/prepare/ref", "time/ref"),
-    "old_s": ("time/old_logprobs", "time/prepare/old", "time/old"),
-    "learn_s": ("time/learn",),
-    "sync_s": ("time/sync",),
-    "gen_tokens_per_s": ("throughput/generate_tokens_per_s",),
-    "reward_mean": ("reward/mean",),
+# StepRecord field -> stats key of Session.step().
+STAT_KEYS: dict[str, str] = {
+    "step_s": "time/step",
+    "generate_s": "time/generate",
+    "learn_s": "time/learn",
+    "reward_mean": "reward/mean",
 }
-GEN_TOKEN_KEYS = ("generate/tokens", "response/tokens")
-"""Stats keys holding the generated token count of a step; else response/length_mean * batch."""
 
 
 def make_config(work: ReferenceWork, model_dir: str, prompts_path: str, *, ranks: int, backend: str, threads: int,
@@ -85,32 +88,40 @@ def make_config(work: ReferenceWork, model_dir: str, prompts_path: str, *, ranks
     )
 
 
-def _first(stats: dict, keys: tuple[str, ...]):
-    for k in keys:
-        if k in stats and stats[k] is not None:
-            return float(stats[k])
-    return None
+def step_record(index: int, stats: dict, laps: dict[str, float], prompt_tokens: int, gen_tokens: int) -> StepRecord:
+    """A StepRecord from one `Session.step()` stats dict and the stopwatch laps of its prepare calls.
 
-
-def step_record(index: int, stats: dict, batch: int) -> StepRecord:
-    """A StepRecord from one `Session.step()` stats dict; raises if the step did no learning (unequal work)."""
-    values = {name: _first(stats, keys) for name, keys in STAT_KEYS.items()}
+    Raises if the step did not do exactly one update (unequal work with TRL)."""
+    values = {name: (float(stats[key]) if stats.get(key) is not None else None) for name, key in STAT_KEYS.items()}
     if values["step_s"] is None:
-        raise KeyError(f"Session.step() stats have no {STAT_KEYS['step_s']}; keys: {sorted(stats)}")
+        raise KeyError(f"Session.step() stats have no {STAT_KEYS['step_s']!r}; keys: {sorted(stats)}")
     if not values["learn_s"]:
-        raise RuntimeError(f"step {index}: no learn time in the stats ({STAT_KEYS['learn_s']}): the update was "
-                           "skipped or not timed, so rlkit did less work than TRL")
-    tokens = _first(stats, GEN_TOKEN_KEYS)
-    if tokens is None and "response/length_mean" in stats:
-        tokens = float(stats["response/length_mean"]) * batch
-    if tokens is None and values["gen_tokens_per_s"] and values["generate_s"]:
-        tokens = values["gen_tokens_per_s"] * values["generate_s"]
-    if values["gen_tokens_per_s"] is None and tokens and values["generate_s"]:
-        values["gen_tokens_per_s"] = tokens / values["generate_s"]
-    memory = {k: v for k, v in stats.items() if k.startswith("memory/")}
-    prepare = stats.get("time/prepare")
-    return StepRecord(step=index, gen_tokens=int(round(tokens or 0)),
-                      extra={"prepare_s": prepare, **memory}, **values)
+        raise RuntimeError(f"step {index}: no {STAT_KEYS['learn_s']!r} in the stats: the update was skipped or "
+                           "not timed, so rlkit did less work than TRL")
+    if stats.get("actor/skipped", 0) != 0 or stats.get("actor/optimizer_steps", 1) != 1:
+        raise RuntimeError(f"step {index}: actor/skipped = {stats.get('actor/skipped')}, actor/optimizer_steps = "
+                           f"{stats.get('actor/optimizer_steps')}; the reference work is exactly one update per step")
+    gen_s = values["generate_s"]
+    return StepRecord(
+        step=index, ref_s=laps.get("ref"), old_s=laps.get("old"),
+        sync_s=float(stats.get("time/sync", 0.0)),  # hf engine: generation reads the actor's parameters in place
+        prompt_tokens=prompt_tokens, gen_tokens=gen_tokens,
+        gen_tokens_per_s=gen_tokens / gen_s if gen_s else None,
+        extra={"prepare_s": stats.get("time/prepare"), **{k: v for k, v in stats.items() if k.startswith("memory/")}},
+        **values,
+    )
+
+
+def _time_prepare_calls(session, watch: Stopwatch) -> None:
+    """Wrap the session's reference/old log-prob calls (instance attributes) with stopwatches."""
+    for method, lap in (("compute_ref_logprobs", "ref"), ("compute_old_logprobs", "old")):
+        inner = getattr(session, method)
+
+        def timed(batch, _inner=inner, _lap=lap):
+            with watch(_lap):
+                return _inner(batch)
+
+        setattr(session, method, timed)
 
 
 def _session_kwargs(session_cls) -> dict:
@@ -127,13 +138,13 @@ def run(work: ReferenceWork, *, threads: int, ranks: int, backend: str, workdir:
     """Run the Session on `work` and return (and print) the measurement record."""
     import torch
 
-    torch.set_num_threads(threads // ranks if backend == "local" else 1)  # the driver only orchestrates under Ray
+    torch.set_num_threads(threads if backend == "local" else 1)  # under Ray the driver only orchestrates
     import rlkit
 
     session_cls = rlkit.Session
     if not callable(getattr(session_cls, "step", None)):
-        sys.exit("benchmarks.rlkit_grpo: rlkit.Session has no step() yet (the Session's RL stages are being built); "
-                 "this side runs once `rlkit.Session(cfg).step()` returns a stats dict")
+        sys.exit("benchmarks.rlkit_grpo: this rlkit.Session has no step(); the benchmark needs "
+                 "`rlkit.Session(cfg).step()` returning a stats dict")
 
     from transformers import AutoModelForCausalLM
 
@@ -145,15 +156,22 @@ def run(work: ReferenceWork, *, threads: int, ranks: int, backend: str, workdir:
     cfg = make_config(work, model_dir, prompts_path, ranks=ranks, backend=backend, threads=threads, run_dir=run_dir)
 
     records: list[StepRecord] = []
+    watch = Stopwatch()
     with PeakRSS() as rss:
         t0 = time.perf_counter()
         session = session_cls(cfg, **_session_kwargs(session_cls))
         startup_s = time.perf_counter() - t0
+        _time_prepare_calls(session, watch)
         try:
             for i in range(work.total_steps):
+                watch.take()
                 stats = session.step()
-                if i >= work.warmup_steps:
-                    records.append(step_record(i - work.warmup_steps, stats, work.batch_size))
+                laps = watch.take()
+                if i < work.warmup_steps:
+                    continue
+                batch = session.last_batch
+                records.append(step_record(i - work.warmup_steps, stats, laps,
+                                           int(batch.prompt_mask.sum()), int(batch.response_mask.sum())))
         finally:
             session.close()
         total_s = time.perf_counter() - t0
