@@ -219,6 +219,7 @@ class Session:
     def prepare(self, batch: Batch) -> Batch:
         """Stage 2: whatever the algorithm needs before learning (scores, log-probs, values, advantages)."""
         _require(batch, ("response_ids", "response_mask"), "prepare", "run s.generate() first")
+        self._check_batch_fits(batch, "prepare")
         with self.monitor.stage("prepare") as rec:
             batch = self.algo.prepare(self, batch)
             rec.update(tokens=float(batch.num_tokens()), batch=batch)
@@ -227,6 +228,7 @@ class Session:
     def learn(self, batch: Batch) -> dict:
         """Stage 3: critic then actor update (mini-batches x `actor.ppo_epochs`); returns the step stats."""
         _require(batch, ("advantages", "old_logprobs"), "learn", "run s.prepare(batch) first")
+        self._check_batch_fits(batch, "learn")
         stats: dict[str, float] = {}
         with self.monitor.stage("learn") as rec:
             if getattr(self.algo, "uses_critic", False):
@@ -298,6 +300,40 @@ class Session:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    # ------------------------------------------------------------------ notebook display and batch checks
+
+    @property
+    def dashboard(self):
+        """The live dashboard (`s.monitor.dashboard`): put `s.dashboard` (or `s`) last in a cell to show it."""
+        return self.monitor.dashboard
+
+    def _ipython_display_(self) -> None:
+        # Jupyter shows a Session as its one-line summary and its live dashboard, which then
+        # updates in place while later cells run stages.
+        print(repr(self))
+        monitor = getattr(self, "monitor", None)
+        if monitor is not None:
+            monitor.dashboard.show()
+
+    @property
+    def vocab_size(self) -> int:
+        """Rows of the policy's token embedding: every token id of a batch must be below it."""
+        if getattr(self, "_vocab_size", None) is None:
+            from transformers import AutoConfig
+
+            try:
+                model_cfg = AutoConfig.from_pretrained(
+                    str(self.model_path), trust_remote_code=self.config.model.trust_remote_code)
+                self._vocab_size = int(model_cfg.get_text_config().vocab_size)
+            except (OSError, ValueError, AttributeError, TypeError):  # no readable config: the tokenizer's size
+                self._vocab_size = len(self.tokenizer)
+        return self._vocab_size
+
+    def _check_batch_fits(self, batch: Batch, stage: str) -> None:
+        # A batch saved by another run (Batch.load) must fail here with the mismatch named,
+        # not as an index error deep inside a worker's embedding lookup.
+        check_batch_fits(batch, stage, vocab_size=self.vocab_size, max_new_tokens=self.config.rollout.max_new_tokens)
+
     def __repr__(self) -> str:
         algo = getattr(getattr(self, "algo", None), "name", None)
         return f"<rlkit.Session backend={self.backend!r} algo={algo!r} steps={getattr(self, 'steps_done', 0)} " \
@@ -337,6 +373,31 @@ def run_directory(cfg: Config) -> Path:
     path = Path(cfg.logging.run_dir) / name
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def check_batch_fits(batch: Batch, stage: str, *, vocab_size: int, max_new_tokens: int) -> None:
+    """ValueError naming every mismatch between `batch` and the session: token ids outside the
+    model's vocabulary, responses longer than `rollout.max_new_tokens`."""
+    problems = []
+    for ids_name, mask_name in (("prompt_ids", "prompt_mask"), ("response_ids", "response_mask")):
+        ids, mask = getattr(batch, ids_name), getattr(batch, mask_name)
+        if ids is None or ids.numel() == 0:
+            continue
+        valid = mask.bool() if mask is not None else torch.ones_like(ids, dtype=torch.bool)  # (B, L)
+        bad = valid & ((ids >= vocab_size) | (ids < 0))  # (B, L): real tokens the model cannot embed
+        if bad.any():
+            row, col = (int(i) for i in bad.nonzero()[0])
+            problems.append(f"Batch.{ids_name}[{row}, {col}] = {int(ids[row, col])} is outside the session's "
+                            f"model vocabulary of {vocab_size} tokens (model.path / model.preset differ)")
+    if batch.response_mask is not None and batch.response_mask.numel():
+        lengths = batch.response_mask.sum(-1)  # (B,)
+        if int(lengths.max()) > max_new_tokens:
+            row = int(lengths.argmax())
+            problems.append(f"Batch row {row} has a {int(lengths[row])}-token response but the session's "
+                            f"rollout.max_new_tokens = {max_new_tokens}")
+    if problems:
+        raise ValueError(f"Session.{stage}: the batch does not fit this session (was it saved by a run with "
+                         f"another model or config?): " + "; ".join(problems))
 
 
 def _require(batch: Batch, fields: tuple[str, ...], stage: str, hint: str) -> None:
