@@ -60,6 +60,8 @@ class RMConfig:
     """Floor of the decay."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
+    betas: tuple[float, float] = (0.9, 0.98)
+    """AdamW (beta1, beta2); a short beta2 memory suits runs of a few hundred steps."""
     grad_clip: float | None = 1.0
     """Global gradient-norm clip."""
     eval_pairs: int = 256
@@ -177,6 +179,7 @@ class RewardModelTrainer:
         optim = {
             "lr": r.lr, "warmup_steps": r.warmup_steps, "lr_schedule": r.lr_schedule, "total_steps": r.steps,
             "min_lr_ratio": r.min_lr_ratio, "weight_decay": r.weight_decay, "grad_clip": r.grad_clip,
+            "betas": r.betas,
         }
         self.role = "reward" if r.field == "scores" else "cost"
         self.runner = StageRunner(

@@ -58,6 +58,8 @@ class SFTConfig:
     """Floor of the decay."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
+    betas: tuple[float, float] = (0.9, 0.98)
+    """AdamW (beta1, beta2); a short beta2 memory suits runs of a few hundred steps."""
     grad_clip: float | None = 1.0
     """Global gradient-norm clip."""
     max_response_len: int = 64
@@ -152,6 +154,7 @@ class SFTTrainer:
         optim = {
             "lr": s.lr, "warmup_steps": s.warmup_steps, "lr_schedule": s.lr_schedule, "total_steps": s.steps,
             "min_lr_ratio": s.min_lr_ratio, "weight_decay": s.weight_decay, "grad_clip": s.grad_clip,
+            "betas": s.betas,
         }
         self.runner = StageRunner(
             cfg, out_dir, role="actor", kind="causal_lm", optim=optim, micro_batch_size=s.micro_batch_size
