@@ -231,6 +231,7 @@ class VLLMEngine:
             if opts.kv_cache_gb is not None:
                 kwargs["kv_cache_memory_bytes"] = int(opts.kv_cache_gb * (1 << 30))
         kwargs.update(opts.engine_kwargs)
+        release_stale_vllm_groups()
         set_threads = torch.set_num_threads  # vLLM's CPU worker disables it process-wide; the trainer needs it
         try:
             llm = LLM(**kwargs)
@@ -521,6 +522,24 @@ def release_vllm_groups() -> None:
     for name, value in list(vars(ps).items()):
         if isinstance(value, ps.GroupCoordinator):
             setattr(ps, name, None)
+
+
+def release_stale_vllm_groups() -> None:
+    """Forget vLLM's groups if they were built on a default process group that no longer exists (an engine
+    collected after its worker group closed, and a new group started in this process)."""
+    try:
+        from vllm.distributed import parallel_state as ps
+    except ImportError:
+        return
+    world = getattr(ps, "_WORLD", None)
+    if world is None:
+        return
+    try:
+        alive = dist.is_initialized() and world.cpu_group in dist.distributed_c10d._world.pg_map
+    except Exception:  # private torch structure changed: assume stale, rebuilding is always safe
+        alive = False
+    if not alive:
+        release_vllm_groups()
 
 
 __all__ = [

@@ -289,7 +289,10 @@ def _gather_bucket(
     device = items[0][1].to_local().device
     chunks = [padded_numel(p.shape, world) for _, p in items]  # this rank's padded part of each tensor
     offsets = [0, *itertools.accumulate(chunks)]
-    send = tracker.add(torch.empty(offsets[-1], dtype=dtype, device=device))  # (S,)
+    # (W * S,): rank r's padded parts at [r*S, (r+1)*S). This rank writes its own part in place and the
+    # gather fills the others (an in-place all-gather: no separate send buffer).
+    gathered = tracker.add(torch.empty(world * offsets[-1], dtype=dtype, device=device))
+    send = gathered[rank * offsets[-1]:(rank + 1) * offsets[-1]]  # (S,) view
     for (name, p), start in zip(items, offsets):
         local = p.to_local()
         expected = shard_rows(p.shape[0], world, rank)
@@ -297,7 +300,6 @@ def _gather_bucket(
             raise RuntimeError(f"weight sync: parameter {name!r} has {local.shape[0]} rows on rank {rank}, expected "
                                f"{expected} of {p.shape[0]} (dim-0 chunks over {world} ranks)")
         send[start:start + local.numel()].copy_(local.reshape(-1))
-    gathered = tracker.add(torch.empty(world * offsets[-1], dtype=dtype, device=device))  # (W * S,)
     dist.all_gather_into_tensor(gathered, send, group=group)
     del send
     if stats is not None:

