@@ -96,6 +96,7 @@ def test_reward_model_from_sft_ranks_held_out_pairs(sft_arithmetic, tmp_path):
     )
     rm = RMConfig(steps=150, pairs_per_step=64, micro_batch_size=128, lr=3e-3, eval_pairs=256)
     result = run_rm(cfg, tmp_path / "rm", rm=rm, progress=False)
+    print(f"reward model held-out pairwise accuracy: {result.accuracy:.1%}")
     assert result.accuracy >= 0.80, f"reward model ranks only {result.accuracy:.1%} of held-out pairs"
     assert run_rm(cfg, tmp_path / "rm", rm=rm, progress=False).cached
 

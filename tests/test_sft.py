@@ -59,6 +59,7 @@ def test_fingerprint_follows_what_decides_the_result():
 def test_sft_teaches_arithmetic_and_is_cached(sft_arithmetic):
     """The fixture ran SFT from scratch (conftest `sft_arithmetic`); check what it reached, then the cache."""
     run, result = sft_arithmetic, sft_arithmetic.result
+    print(f"SFT exact match: {result.exact_match_before:.1%} -> {result.exact_match:.1%}")
     assert not result.cached
     assert result.exact_match_before <= 0.05
     assert result.exact_match >= 0.30, f"SFT reached only {result.exact_match:.1%} exact match"

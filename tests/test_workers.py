@@ -12,6 +12,8 @@ so comparing weights after a step compares gradients at a tight tolerance.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -273,3 +275,31 @@ def test_empty_response_mask_is_a_clear_error(tiny_model_dir):
             group.critic.update(batch)
         with pytest.raises(ValueError, match="no returns"):
             group.critic.update(make_batch(4).replace(returns=None))
+
+
+def test_gradient_checkpointing_gives_the_same_update(tiny_model_dir):
+    batch = make_batch(6, seed=6)
+    weights = []
+    for checkpointing in (False, True):
+        kwargs = {"model": str(tiny_model_dir), "optim": OPTIM, "micro_batch_size": 3, "gradient_checkpointing": checkpointing}
+        with WorkerGroup(None, {"actor": RoleSpec(PolicyWorker, kwargs=kwargs)}, backend="local") as group:
+            group.actor.update(batch, pg_loss)
+            weights.append(group.actor.full_state_dict())
+    assert max_diff(*weights) < 1e-6
+
+
+@pytest.mark.gpu
+def test_cuda_mixed_precision_and_offload_between_calls(tiny_model_dir):
+    """On CUDA: bf16 compute with fp32 master weights, and offload moves the shards to CPU between calls."""
+    batch = make_batch(8, seed=7)
+    kwargs = {"model": str(tiny_model_dir), "optim": OPTIM, "micro_batch_size": 4, "offload": True}
+    with WorkerGroup(None, {"actor": RoleSpec(PolicyWorker, kwargs=kwargs)}, backend="local") as group:
+        assert torch.cuda.memory_allocated() < 1 << 20  # parameters wait on the host
+        lp = group.actor.compute_logprobs(batch).old_logprobs
+        metrics = group.actor.update(batch, pg_loss)[0]
+        assert torch.cuda.memory_allocated() < 1 << 20  # and go back after the update
+        weights = group.actor.full_state_dict()
+    assert lp.dtype == torch.float32 and torch.isfinite(lp).all()
+    assert all(v.dtype == torch.float32 for v in weights.values())  # master weights stay fp32
+    assert metrics["actor/update/cuda_peak_gb"] > 0
+    assert math.isfinite(metrics["actor/loss"])
