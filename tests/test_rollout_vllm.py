@@ -57,6 +57,7 @@ needs_vllm = pytest.mark.skipif(VLLM_MISSING is not None,
 
 TEXTS = ["1+2=", "37+48=", "5*6+7=", "99-1=", "hello", "7", "12*3="]  # 7: odd, so 2 ranks pad
 ENGINE = {"bucket_mb": 0.25, "kv_cache_gb": 0.05, "max_model_len": 64}
+ROLLOUT = {"n": 2, "temperature": 0.8, "max_new_tokens": 8, "seed": 0}
 
 
 def pg_loss(outputs, mb, global_tokens, global_seqs):
@@ -195,53 +196,35 @@ def test_stream_with_one_rank_hands_over_the_shards_without_copying(tiny_model_d
 # ============================================================================ the engine (vLLM environment)
 
 
-class VLLMActor:
-    """Test role: a policy and a vLLM engine composed the way `HybridActor` wires `rollout.engine='vllm'`."""
+def hybrid_kwargs(model: str, **extra) -> dict:
+    """A `HybridActor` on the vLLM engine (small buckets and KV cache for tiny models)."""
+    return {"model": model, "optim": {"lr": 1e-2}, "micro_batch_size": 4, "rollout": ROLLOUT,
+            "engine": "vllm", "vllm": ENGINE, **extra}
 
-    def __init__(self, ctx: WorkerContext, *, model: str, temperature: float = 1.0, options: dict | None = None):
-        from rlkit.rollout.vllm_engine import VLLMEngine
-        from rlkit.workers.policy import PolicyWorker
 
-        self.ctx = ctx
-        self.policy = PolicyWorker(ctx, model, optim={"lr": 1e-2}, micro_batch_size=4, temperature=temperature)
-        self.engine = VLLMEngine(self.policy.model, self.policy.tokenizer, rank=ctx.rank, seed=0,
-                                 options={**ENGINE, **(options or {})})
+class SyncProbe:
+    """Test role: a vLLM `HybridActor` (by composition) whose weight sync is run alone and measured."""
 
-    @register("split")
-    def generate(self, batch: Batch, sampling: dict) -> Batch:
-        return self.engine.generate(batch, SamplingParams(**sampling), group_offset=self.ctx.rank * len(batch))
+    def __init__(self, ctx: WorkerContext, **kwargs):
+        from rlkit.rollout.hybrid import HybridActor
 
-    @register("split")
-    def compute_logprobs(self, batch: Batch) -> Batch:
-        return self.policy.compute_logprobs(batch)
-
-    @register("split")
-    def update(self, batch: Batch) -> dict:
-        return self.policy.update(batch, pg_loss)
+        self.actor = HybridActor(ctx, **kwargs)
 
     @register("broadcast")
-    def last_stats(self) -> dict:
-        return dict(self.engine.last_stats)
-
-    @register("broadcast")
-    def sync(self, bucket_mb: float) -> dict:
-        """A forced sync with `bucket_mb` buckets, RSS made exact first; plus the sizes to compare with."""
+    def sync(self, bucket_mb: float, repeats: int = 1) -> dict:
+        """Forced syncs with `bucket_mb` buckets, RSS made exact first; the run with the least measured peak
+        (other threads of a Ray worker allocate too: a one-off spike is theirs), plus sizes to compare with."""
         exact_rss()
-        gc.collect()
-        self.engine.options.bucket_mb = bucket_mb
-        stats = self.engine.sync_weights(force=True)
-        layers = [sum(p.numel() * p.element_size() for p in layer.parameters())
-                  for layer in self.policy.model.fsdp_modules[:-1]]
-        model = sum(p.numel() * p.element_size() for p in self.policy.model.module.parameters())
-        return {**asdict(stats), "layer_bytes": max(layers), "model_bytes": model}
-
-    @register("rank0")
-    def save_pretrained(self, path: str) -> str:
-        return self.policy.save_pretrained(path)
-
-    @register("broadcast")
-    def close(self) -> None:
-        self.engine.close()
+        engine, model = self.actor.engine, self.actor.policy.model
+        engine.options.bucket_mb = bucket_mb
+        runs = []
+        for _ in range(repeats):
+            gc.collect()
+            runs.append(engine.sync_weights(force=True))
+        stats = min(runs, key=lambda r: r.peak_extra_bytes)
+        layers = [sum(p.numel() * p.element_size() for p in layer.parameters()) for layer in model.fsdp_modules[:-1]]
+        total = sum(p.numel() * p.element_size() for p in model.module.parameters())
+        return {**asdict(stats), "layer_bytes": max(layers), "model_bytes": total}
 
 
 @pytest.fixture(scope="module")
@@ -282,12 +265,13 @@ def prompts(tokenizer) -> Batch:
 def one_rank(model_dirs):
     if VLLM_MISSING is not None:
         pytest.skip(f"vLLM is not importable here ({VLLM_MISSING})")
+    from rlkit.rollout.hybrid import HybridActor
+
     before = torch.get_num_threads()
     torch.set_num_threads(1)
-    roles = {"actor": RoleSpec(VLLMActor, kwargs={"model": model_dirs["qwen2-1m"], "temperature": 0.8})}
-    with WorkerGroup(None, roles, backend="local") as group:
+    with WorkerGroup(None, {"actor": RoleSpec(HybridActor, kwargs=hybrid_kwargs(model_dirs["qwen2-1m"]))},
+                     backend="local") as group:
         yield group
-        group.actor.close()
     torch.set_num_threads(before)
 
 
@@ -295,10 +279,12 @@ def one_rank(model_dirs):
 def two_ranks(ray_cluster, model_dirs):
     if VLLM_MISSING is not None:
         pytest.skip(f"vLLM is not importable here ({VLLM_MISSING})")
+    from rlkit.rollout.hybrid import HybridActor
+
     pool = ResourcePool(nodes=1, devices_per_node=2)
-    roles = {"actor": RoleSpec(VLLMActor, kwargs={"model": model_dirs["qwen2-1m"], "temperature": 0.8}),
+    roles = {"actor": RoleSpec(HybridActor, kwargs=hybrid_kwargs(model_dirs["qwen2-1m"])),
              # a second engine in the same processes, larger, for the memory measurements
-             "big": RoleSpec(VLLMActor, kwargs={"model": model_dirs["qwen2-3m"]})}
+             "big": RoleSpec(SyncProbe, kwargs=hybrid_kwargs(model_dirs["qwen2-3m"]))}
     group = WorkerGroup(pool, roles, backend="ray", threads_per_worker=1)
     yield group
     group.close()
@@ -320,11 +306,11 @@ def test_rollout_logprobs_equal_trainer_logprobs_after_a_learn_step_and_sync(gro
     assert len(first) == 2 * len(TEXTS)
     old = actor.compute_logprobs(first).old_logprobs
     assert masked_max_diff(old, first.rollout_logprobs, first.response_mask) < 1e-4
-    for stats in actor.last_stats():
-        assert stats["sync/synced"] == 1  # the first call streams the trainer's weights over vLLM's random ones
+    for sync in actor.last_sync():
+        assert sync["synced"] == 1  # the first call streams the trainer's weights over vLLM's random ones
 
     advantages = torch.randn(first.response_ids.shape, generator=torch.Generator().manual_seed(0))
-    actor.update(first.replace(advantages=advantages, old_logprobs=old))
+    actor.update(first.replace(advantages=advantages, old_logprobs=old), pg_loss)
     moved = actor.compute_logprobs(first).old_logprobs
     assert masked_max_diff(moved, first.rollout_logprobs, first.response_mask) > 1e-3  # the policy did change
 
@@ -332,13 +318,18 @@ def test_rollout_logprobs_equal_trainer_logprobs_after_a_learn_step_and_sync(gro
     recomputed = actor.compute_logprobs(second).old_logprobs
     assert masked_max_diff(recomputed, second.rollout_logprobs, second.response_mask) < 1e-4
     assert (second.rollout_logprobs[second.response_mask == 0] == 0).all()
-    for stats in actor.last_stats():
-        assert stats["sync/synced"] == 1 and stats["sync/bytes"] > 0 and stats["sync/seconds"] > 0
-        assert stats["sync/world_size"] == group.world_size
-        assert (stats["sync/buckets"] > 0) == (group.world_size > 1)  # one rank: the shard is the tensor
+    for sync in actor.last_sync():
+        assert sync["synced"] == 1 and sync["bytes"] > 0 and sync["seconds"] > 0
+        assert sync["world_size"] == group.world_size and sync["peak_extra_bytes"] >= 0
+        assert (sync["buckets"] > 0) == (group.world_size > 1)  # one rank: the shard is the tensor
+    # the sync's measurements reach the step stats (under the actor's generate call)
+    for rank_stats in actor.pop_stats():
+        (entry,) = [s for s in rank_stats if "actor/generate/sync/synced" in s][-1:]
+        assert entry["actor/generate/sync/synced"] == 1 and entry["actor/generate/sync/bytes"] > 0
+        assert "actor/generate/sync/peak_extra_bytes" in entry and "actor/generate/sync/seconds" in entry
 
     third = actor.generate(prompts, {**sampling, "seed": 2})  # no learn step in between: no sync
-    assert all(s["sync/synced"] == 0 for s in actor.last_stats())
+    assert all(sync["synced"] == 0 for sync in actor.last_sync())
     assert torch.equal(third.response_ids, second.response_ids)  # same seed, same weights: same samples
 
 
@@ -349,7 +340,7 @@ def test_greedy_equals_transformers_on_the_exported_weights(two_ranks, prompts, 
 
     actor = two_ranks.actor
     sampled = actor.generate(prompts, {"n": 2, "max_new_tokens": 8, "seed": 3, "temperature": 0.8})
-    actor.update(sampled.replace(advantages=torch.ones(sampled.response_ids.shape)))  # weights != the checkpoint
+    actor.update(sampled.replace(advantages=torch.ones(sampled.response_ids.shape)), pg_loss)  # new weights
     ours = actor.generate(prompts, {"temperature": 0, "n": 1, "max_new_tokens": 10})
     model, tok = load_model_and_tokenizer(actor.save_pretrained(str(tmp_path / "export")))
     ref = model.generate(input_ids=prompts.prompt_ids, attention_mask=prompts.prompt_mask, do_sample=False,
@@ -368,8 +359,9 @@ def test_greedy_equals_transformers_on_the_exported_weights(two_ranks, prompts, 
 @needs_vllm
 def test_sync_peak_memory_is_one_bucket_plus_one_layer(two_ranks):
     big = two_ranks.big
-    small = big.sync(0.5)  # 0.5 MiB buckets
-    whole = big.sync(64.0)  # the whole model in one bucket: a full second copy, gathered at once
+    big.sync(0.5)  # warm-up: vLLM's first reload sets up its per-layer bookkeeping
+    small = big.sync(0.5, repeats=3)  # 0.5 MiB buckets
+    whole = big.sync(64.0, repeats=2)  # the whole model in one bucket: a full second copy, gathered at once
     for s, w in zip(small, whole):
         bucket, layer, model = 0.5 * MiB, s["layer_bytes"], s["model_bytes"]
         assert layer < 0.2 * model  # six decoder layers: the bound below is far from a whole copy
@@ -388,22 +380,23 @@ def test_sync_peak_memory_is_one_bucket_plus_one_layer(two_ranks):
 @needs_vllm
 def test_untied_llama_and_stop_strings_on_one_rank(model_dirs, tokenizer):
     from rlkit.data import encode_prompts, load_model_and_tokenizer
+    from rlkit.rollout.hybrid import HybridActor
 
     texts = ["1+2=", "hello"]
     ids, mask = encode_prompts(tokenizer, texts, 8)
     prompts = Batch.from_prompts(ids, mask, prompt_text=texts)
-    roles = {"actor": RoleSpec(VLLMActor, kwargs={"model": model_dirs["llama-untied"]})}
+    roles = {"actor": RoleSpec(HybridActor, kwargs=hybrid_kwargs(model_dirs["llama-untied"]))}
     with WorkerGroup(None, roles, backend="local") as group:
-        out = group.actor.generate(prompts, {"temperature": 0, "max_new_tokens": 10})
+        out = group.actor.generate(prompts, {"temperature": 0, "n": 1, "max_new_tokens": 10})
         model, _ = load_model_and_tokenizer(model_dirs["llama-untied"])
         ref = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=10)[:, ids.shape[1]:]
         assert out.response_ids[out.response_mask.bool()].tolist() == ref[out.response_mask.bool()].tolist()
         # a stop string made of the 3rd generated character: the response ends with the token completing it
         stop = tokenizer.decode(out.response_ids[0, 2:3])
-        cut = group.actor.generate(prompts.select([0]), {"temperature": 0, "max_new_tokens": 10, "stop": [stop]})
+        cut = group.actor.generate(prompts.select([0]), {"temperature": 0, "n": 1, "max_new_tokens": 10,
+                                                            "stop": [stop]})
         full_text = out.response_text[0]
         assert cut.response_text[0] == full_text[: full_text.index(stop) + len(stop)]
-        group.actor.close()
 
 
 @pytest.mark.vllm

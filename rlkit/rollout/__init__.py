@@ -7,8 +7,9 @@
 - `HybridActor` (`hybrid.py`): the actor role that trains and generates (policy + engine).
 
 Engines share one call shape, `engine.generate(prompts: Batch, params: SamplingParams) -> Batch`,
-and expose `last_sync` (the weight sync's seconds / bytes / peak extra memory). A vLLM
-engine plugs in beside `HFEngine` under `ENGINES` (not written yet).
+and expose `last_sync` (the weight sync's seconds / bytes / peak extra memory).
+- `VLLMEngine` (`vllm_engine.py`): vLLM inside the actor's processes, weights streamed from the FSDP2
+  shards in buckets (`weight_sync.py`); the optional extra (`HybridActor(..., engine="vllm")`).
 
 Names are imported lazily so that `rlkit.rollout.sampling` does not pull in the workers.
 """
@@ -23,10 +24,12 @@ _LAZY = {
     "SyncStats": "rlkit.rollout.hf",
     "sample_responses": "rlkit.rollout.hf",
     "HybridActor": "rlkit.rollout.hybrid",
+    "VLLMEngine": "rlkit.rollout.vllm_engine",
+    "VLLMOptions": "rlkit.rollout.vllm_engine",
 }
 
-# engine name (RolloutConfig.engine) -> "module:class"; "vllm" is added with its engine.
-ENGINES = {"hf": "rlkit.rollout.hf:HFEngine"}
+# engine name (RolloutConfig.engine) -> "module:class"
+ENGINES = {"hf": "rlkit.rollout.hf:HFEngine", "vllm": "rlkit.rollout.vllm_engine:VLLMEngine"}
 
 __all__ = [*_LAZY, "ENGINES", "engine_class"]
 

@@ -47,6 +47,8 @@ class HybridActor:
         rollout: Any = None,
         keep_unsharded: bool | None = None,
         audit_memory: bool = False,
+        engine: str | None = None,
+        vllm: dict | None = None,
         **policy_kwargs: Any,
     ):
         """
@@ -54,6 +56,8 @@ class HybridActor:
             default sampling of `generate` and the engine's base seed. None: `SamplingParams()` defaults.
         keep_unsharded, audit_memory: see `HFEngine` (keep_unsharded None: gather in place for generation
             when world_size > 1; audit_memory: measure parameter storage during generation, slower).
+        engine: "hf" or "vllm" (None: `rollout.engine`, else "hf"); vllm: `VLLMOptions` fields over the ones
+            taken from the rollout config (sync_bucket_mb, vllm_tensor_parallel_size, ...).
         policy_kwargs: the `PolicyWorker` constructor's (model, optim, mini_batch_size, micro_batch_size,
             tokenizer_path, seed, ...). `temperature` defaults to the rollout temperature, so that the
             trainer's log-probs are those of the distribution the engine samples from.
@@ -70,8 +74,15 @@ class HybridActor:
             base_seed, self.sampling = 0, SamplingParams()
         policy_kwargs.setdefault("temperature", self.sampling.logprob_temperature)
         self.policy = PolicyWorker(ctx, **policy_kwargs)
-        self.engine = HFEngine(self.policy.model, self.policy.tokenizer, rank=ctx.rank, seed=base_seed,
-                               keep_unsharded=keep_unsharded, audit_memory=audit_memory)
+        if (engine or getattr(rollout, "engine", None) or "hf") == "vllm":
+            from rlkit.rollout.vllm_engine import VLLMEngine, VLLMOptions
+
+            options = VLLMOptions.from_rollout_config(rollout, **(vllm or {}))
+            self.engine = VLLMEngine(self.policy.model, self.policy.tokenizer, rank=ctx.rank, seed=base_seed,
+                                     options=options)
+        else:
+            self.engine = HFEngine(self.policy.model, self.policy.tokenizer, rank=ctx.rank, seed=base_seed,
+                                   keep_unsharded=keep_unsharded, audit_memory=audit_memory)
         self._warned_temperature = False
 
     # ------------------------------------------------------------------ rollout
