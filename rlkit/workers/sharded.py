@@ -130,7 +130,7 @@ class ShardedModel:
             check_tokenizer(tokenizer, hf_model, where=str(self.source if isinstance(self.source, str) else "config"))
         disable_dropout(hf_model)
         if gradient_checkpointing and trainable:
-            hf_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable_activation_checkpointing(hf_model)
         hf_model.config.use_cache = False
         if not trainable:
             hf_model.requires_grad_(False)
@@ -326,6 +326,14 @@ def disable_dropout(model: nn.Module) -> None:
         for attr in ("attention_dropout", "dropout"):
             if isinstance(getattr(module, attr, None), float):
                 setattr(module, attr, 0.0)
+
+
+def enable_activation_checkpointing(model: PreTrainedModel) -> None:
+    """Recompute each decoder layer's activations in backward (non-reentrant: works with FSDP2 hooks)."""
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def decoder_layers(model: PreTrainedModel) -> list[nn.Module]:
