@@ -174,8 +174,12 @@ def step_total_flops(shape: ModelShape, batch: int, summary: dict) -> float | No
 
 
 def interleave(arms: list[Arm], work: ReferenceWork, rounds: int, threads: int, workdir: str, env: dict,
-               timeout: float, log=print) -> dict:
-    """Run every arm `rounds` times, A B A B ..., measuring the per-core matmul peak once per round."""
+               timeout: float, retries: int = 0, log=print) -> dict:
+    """Run every arm `rounds` times, A B A B ..., measuring the per-core matmul peak once per round.
+
+    A failed run is retried up to `retries` times (Ray's node start-up gives up after a fixed
+    30 s, which a busy 2-core machine sometimes exceeds); the failures are kept in the record.
+    """
     results: dict[str, list[dict]] = {a.name: [] for a in arms}
     rates = []
     for r in range(rounds):
@@ -185,9 +189,16 @@ def interleave(arms: list[Arm], work: ReferenceWork, rounds: int, threads: int, 
         for arm in order:
             log(f"[round {r + 1}/{rounds}] {arm.name} {work.size} x{work.prompts_per_step} prompts ...",
                 file=sys.stderr)
-            rec = run_once(arm, work, threads, workdir, env, timeout)
-            if "error" in rec:
-                log(f"  {arm.name} FAILED: {rec['error']}", file=sys.stderr)
+            failures = []
+            for attempt in range(retries + 1):
+                rec = run_once(arm, work, threads, workdir, env, timeout)
+                if "error" not in rec:
+                    break
+                failures.append(rec["error"])
+                log(f"  {arm.name} FAILED (attempt {attempt + 1}/{retries + 1}): {rec['error']}", file=sys.stderr)
+                time.sleep(5)
+            if failures and "error" not in rec:
+                rec["failed_attempts"] = failures
             results[arm.name].append(rec)
     return {"results": results, "per_core_gflops": rates}
 
@@ -217,9 +228,10 @@ def format_compare(arms: list[Arm], summary: dict, baseline: str | None) -> str:
     names = [a.name for a in arms]
     base = baseline if baseline in summary else None
     others = [n for n in names if n != base]
+    width = {n: max(22, len(f"{n}/{base}") + 2) for n in others}
     head = f"{'metric':<22}" + "".join(f"{n + ' median [min, max]':>34}" for n in names)
     if base:
-        head += "".join(f"{n + '/' + base:>22}" for n in others)
+        head += "".join(f"{n + '/' + base:>{width[n]}}" for n in others)
     lines = [head, "-" * len(head)]
     for m in (*METRICS, *RUN_METRICS, "floor_frac"):
         row = f"{LABELS[m]:<22}"
@@ -231,7 +243,7 @@ def format_compare(arms: list[Arm], summary: dict, baseline: str | None) -> str:
             for n in others:
                 a, b = summary[n][m], summary[base][m]
                 ratio = a["median"] / b["median"] if a and b and b["median"] else None
-                row += f"{'n/a' if ratio is None else f'{ratio:.2f}':>22}"
+                row += f"{'n/a' if ratio is None else f'{ratio:.2f}':>{width[n]}}"
         lines.append(row)
     return "\n".join(lines)
 
@@ -248,7 +260,7 @@ def cmd_compare(a) -> int:
     arms = [Arm.parse(s) for s in a.arms.split(",")]
     work = ReferenceWork(size=a.size, prompts_per_step=a.prompts, steps=a.steps, warmup_steps=a.warmup)
     t0 = time.perf_counter()
-    raw = interleave(arms, work, a.rounds, a.threads, a.workdir, run_env(a.omp_wait_policy), a.timeout)
+    raw = interleave(arms, work, a.rounds, a.threads, a.workdir, run_env(a.omp_wait_policy), a.timeout, a.retries)
     per_core = max(raw["per_core_gflops"])  # one machine: the best peak of the invocation
     summary = summarise(arms, work, raw, model_shape(work, a.workdir), per_core, a.threads)
     baseline = a.baseline or ("trl" if "trl" in summary else arms[0].name)
@@ -270,7 +282,7 @@ def cmd_scaling(a) -> int:
     for size in a.sizes.split(","):
         for prompts in (int(p) for p in a.prompts.split(",")):
             work = ReferenceWork(size=size, prompts_per_step=prompts, steps=a.steps, warmup_steps=a.warmup)
-            rows.append((work, interleave(arms, work, a.rounds, a.threads, a.workdir, env, a.timeout)))
+            rows.append((work, interleave(arms, work, a.rounds, a.threads, a.workdir, env, a.timeout, a.retries)))
     failed = any(_failed(raw) for _, raw in rows)
     per_core = max(r for _, raw in rows for r in raw["per_core_gflops"])
     rows = [(w, summarise(arms, w, raw, model_shape(w, a.workdir), per_core, a.threads), raw) for w, raw in rows]
@@ -320,6 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         s.add_argument("--threads", type=int, default=2, help="cores per arm (2 = all of this machine)")
         s.add_argument("--omp-wait-policy", default="PASSIVE", help="OMP_WAIT_POLICY of every run ('' = unset)")
         s.add_argument("--timeout", type=float, default=600, help="seconds per run")
+        s.add_argument("--retries", type=int, default=2, help="re-runs of a failed run (e.g. Ray start-up timeouts)")
         s.add_argument("--workdir", default=str(DEFAULT_WORKDIR))
         s.add_argument("--json", default=None, help="also write every record and summary to this file")
         if name == "compare":
