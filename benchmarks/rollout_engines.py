@@ -75,13 +75,16 @@ class BenchActor:
 
     @register("broadcast")
     def hf_sync(self) -> dict[str, Any]:
-        """The hf engine's sync alone: gather in place as `generate` does, measure, reshard."""
+        """The engine's sync alone. hf: gather in place as `generate` does, measure, reshard. vllm: stream the
+        shards into vLLM bucket by bucket (forced: the weights have not changed since the last generate)."""
         from dataclasses import asdict
 
         from rlkit.rollout.hf import gathered_for_generation
 
         engine, model = self.hybrid.engine, self.hybrid.policy.model
         gc.collect()
+        if engine.name == "vllm":
+            return {**asdict(engine.sync_weights(force=True)), "mode": f"streamed {engine.options.bucket_mb:g} MiB"}
         exact_rss()
         with gathered_for_generation(model.fsdp_modules, model.module, model.device, model.world_size,
                                      engine.keep_unsharded, host_peak=True) as stats:
@@ -147,8 +150,8 @@ def make_prompts(tokenizer: Any, count: int, seed: int = 0) -> Batch:
     return Batch.from_prompts(ids, mask, prompt_text=texts)
 
 
-def bench_hf(model_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """One worker group on `model_dir`: hf tokens/s and sync stats, then the naive sync."""
+def bench_hf(model_dir: Path, args: argparse.Namespace, engine: str = "hf") -> dict[str, Any]:
+    """One worker group on `model_dir`: the engine's tokens/s and sync stats, then the naive sync."""
     from rlkit.data import load_model_and_tokenizer
 
     _, tokenizer = load_model_and_tokenizer(model_dir)
@@ -156,6 +159,9 @@ def bench_hf(model_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
     sampling = {"n": args.n, "temperature": 1.0, "max_new_tokens": args.max_new_tokens}
     keep = {"auto": None, "on": True, "off": False}[args.keep_unsharded]
     kwargs = {"model": str(model_dir), "rollout": sampling, "keep_unsharded": keep}
+    if engine == "vllm":
+        kwargs = {"model": str(model_dir), "rollout": sampling, "engine": "vllm",
+                  "vllm": {"bucket_mb": args.sync_bucket_mb, "kv_cache_gb": 0.25}}
     backend = "local" if args.ranks == 1 and args.local else "ray"
     pool = ResourcePool(nodes=1, devices_per_node=args.ranks) if backend == "ray" else None
     group = WorkerGroup(pool, {"actor": RoleSpec(BenchActor, kwargs=kwargs)}, backend=backend,
@@ -186,7 +192,7 @@ def bench_hf(model_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
     return {
         "params": params,
         "ranks": args.ranks,
-        "sync_mode": syncs[-1]["mode"],
+        "sync_mode": syncs[-1].get("mode", ""),
         "exact_rss": exact,
         "tokens_per_s": statistics.median(rates),
         "tokens_per_s_all": rates,
@@ -196,8 +202,26 @@ def bench_hf(model_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def bench_vllm(model_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """Hook for the vLLM engine: same keys as `bench_hf` (tokens_per_s, hf_sync -> engine sync)."""
-    raise NotImplementedError("rlkit.rollout has no vLLM engine yet")
+    """The vLLM engine (`HybridActor(engine="vllm")`): same keys as `bench_hf`; its sync is the bucketed stream
+    from the FSDP shards (`--sync-bucket-mb`). Runs where vLLM imports (.venv-vllm on CPU hosts)."""
+    return vllm_tokens_per_s(model_dir, args)
+
+
+def vllm_tokens_per_s(model_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """tokens/s of the vLLM engine on `model_dir` plus its sync measurements (`bench_hf`'s keys); raises
+    NotImplementedError (a skipped row) where vLLM is missing or cannot run the model (CPU head sizes)."""
+    from transformers import AutoConfig
+
+    from rlkit.rollout.vllm_engine import check_head_size, vllm_import_error
+
+    reason = vllm_import_error()
+    if reason is not None:
+        raise NotImplementedError(f"vLLM is not importable here ({reason}); run in .venv-vllm")
+    try:
+        check_head_size(AutoConfig.from_pretrained(model_dir), on_cpu=not torch.cuda.is_available())
+    except ValueError as err:
+        raise NotImplementedError(str(err)) from err
+    return bench_hf(model_dir, args, engine="vllm")
 
 
 ENGINES: dict[str, Callable[[Path, argparse.Namespace], dict[str, Any]]] = {"hf": bench_hf, "vllm": bench_vllm}
@@ -249,6 +273,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     parser.add_argument("--n", type=int, default=4, help="samples per prompt")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--sync-bucket-mb", type=float, default=64.0, help="vllm engine: weight sync bucket size")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
 
