@@ -26,12 +26,10 @@ from dataclasses import asdict
 
 import pytest
 import torch
-import torch.distributed as dist
 
 from rlkit.algos.core import aggregate
 from rlkit.batch import Batch
 from rlkit.cluster import ResourcePool, RoleSpec, WorkerContext, WorkerGroup, register
-from rlkit.rollout.sampling import SamplingParams
 from rlkit.rollout.weight_sync import (
     MiB,
     LiveBytes,
@@ -122,6 +120,22 @@ def test_peak_memory_measures_a_transient_allocation():
         del x
     assert big.extra >= 15 * MiB  # freed before the end: only a peak measurement sees it
     assert small.extra < 4 * MiB
+
+
+def test_stop_string_mask_keeps_through_the_completing_token(tiny_model_dir):
+    from rlkit.data import load_model_and_tokenizer
+    from rlkit.rollout.hf import StopStrings
+    from rlkit.rollout.vllm_engine import stop_string_mask
+
+    tok = load_model_and_tokenizer(tiny_model_dir)[1]
+    rows = ["12+34=5", "99-1=98", "7+1=8+1"]  # the char tokenizer: one token per character
+    ids = torch.tensor([tok.encode(r, add_special_tokens=False) for r in rows])
+    valid = torch.ones_like(ids, dtype=torch.bool)
+    valid[1, 5:] = False  # row 1 really ended after "99-1=": its padding must not match
+    keep = stop_string_mask(ids, valid, StopStrings(tok, ["+3", "=9", "+1"]))
+    assert keep.long().tolist() == [[1, 1, 1, 1, 0, 0, 0],  # "12+3" completes "+3"
+                                    [1, 1, 1, 1, 1, 1, 1],  # "=9" lies past the row's end: nothing cut
+                                    [1, 1, 1, 0, 0, 0, 0]]  # its first "+1" ends the row
 
 
 class StreamProbe:

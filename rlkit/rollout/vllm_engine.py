@@ -106,7 +106,8 @@ class VLLMOptions:
             return value
         unknown = set(value) - {f.name for f in fields(cls)}
         if unknown:
-            raise ValueError(f"vLLM options: unknown field(s) {sorted(unknown)}; allowed {[f.name for f in fields(cls)]}")
+            allowed = [f.name for f in fields(cls)]
+            raise ValueError(f"vLLM options: unknown field(s) {sorted(unknown)}; allowed {allowed}")
         return cls(**value)
 
     @classmethod
@@ -225,7 +226,9 @@ class VLLMEngine:
             # One engine (shard) per rank on the process group that already exists (vLLM's torchrun mode).
             kwargs["distributed_executor_backend"] = "external_launcher"
         if on_cpu:
-            gb = opts.kv_cache_gb if opts.kv_cache_gb is not None else float(os.environ.get("VLLM_CPU_KVCACHE_SPACE", 1))
+            gb = opts.kv_cache_gb
+            if gb is None:
+                gb = float(os.environ.get("VLLM_CPU_KVCACHE_SPACE", 1))
             kwargs["kv_cache_memory_bytes"] = int(gb * (1 << 30))
         else:
             kwargs["gpu_memory_utilization"] = opts.gpu_memory_utilization

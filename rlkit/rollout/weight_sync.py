@@ -321,7 +321,8 @@ def _gather_bucket(
 
 
 @contextmanager
-def measured_sync(device: torch.device, world_size: int, bucket_bytes: int) -> Iterator[tuple[WeightSyncStats, LiveBytes, PeakMemory]]:
+def measured_sync(device: torch.device, world_size: int,
+                  bucket_bytes: int) -> Iterator[tuple[WeightSyncStats, LiveBytes, PeakMemory]]:
     """Time and measure one sync: yields (stats to fill, the gathered-bytes tracker, the memory meter)."""
     stats = WeightSyncStats(world_size=world_size, bucket_limit=bucket_bytes)
     tracker = LiveBytes()
