@@ -470,8 +470,10 @@ def check_head_size(config: Any, on_cpu: bool) -> None:
     """Raise early (naming the model) when vLLM's CPU attention cannot run its head size."""
     if not on_cpu:
         return
-    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
-
+    try:
+        from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+    except ImportError:  # another vLLM layout: let vLLM itself decide
+        return
     text = config.get_text_config()
     head = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
     supported = CPUAttentionBackend.get_supported_head_sizes()
