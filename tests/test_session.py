@@ -77,7 +77,7 @@ def test_step_writes_stats_and_history(session, tmp_path):
     stats = session.step()
     assert stats["step"] == 1
     for key in ("time/generate", "time/prepare", "time/learn", "time/step", "reward/mean",
-                "throughput/generate_tokens_per_s"):
+                "throughput/generate_tokens_per_s", "sync/seconds", "sync/bytes", "sync/peak_extra_bytes"):
         assert key in stats, key
     lines = (session.run_dir / "stats.jsonl").read_text().splitlines()
     assert len(lines) == 1 and '"step": 1' in lines[0]

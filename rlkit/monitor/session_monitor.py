@@ -42,8 +42,12 @@ def batch_stats(stage: str, batch: Any) -> dict[str, float]:
     return out
 
 
+SYNC_KEYS = ("seconds", "bytes", "peak_extra_bytes")
+
+
 def memory_stats(role_stats: dict[str, list[list[dict[str, float]]]]) -> dict[str, float]:
-    """`memory/<role>/rss_gib` and `memory/<role>/device_max_gib`: the max over calls and ranks."""
+    """`memory/<role>/rss_gib` and `memory/<role>/device_max_gib` (max over calls and ranks), and the
+    rollout engine's weight sync (`sync/seconds`, `sync/bytes`, `sync/peak_extra_bytes`: max over ranks)."""
     out: dict[str, float] = {}
     for role, per_rank in role_stats.items():
         rss, dev = 0.0, 0.0
@@ -54,6 +58,9 @@ def memory_stats(role_stats: dict[str, list[list[dict[str, float]]]]) -> dict[st
                         rss = max(rss, value)
                     elif key.endswith("/cuda_peak_gb"):
                         dev = max(dev, value)
+                    elif "/sync/" in key and key.rsplit("/", 1)[1] in SYNC_KEYS:
+                        name = "sync/" + key.rsplit("/", 1)[1]
+                        out[name] = max(out.get(name, 0.0), float(value))
         if rss or dev:
             out[f"memory/{role}/rss_gib"] = rss
             out[f"memory/{role}/device_max_gib"] = dev
