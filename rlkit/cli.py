@@ -171,7 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlkit", description="RL for language models, from a notebook or a shell.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for add in (_add_demo, _add_sample, _add_train, _add_plan, _add_tiny_model):
+    from rlkit.workers.cli_stages import add_rm, add_sft  # the pre-RL stages (rlkit/workers owns them)
+
+    for add in (_add_demo, _add_sample, _add_train, _add_plan, _add_tiny_model, add_sft, add_rm):
         add(sub)
     return parser
 
