@@ -36,8 +36,9 @@ def rl_config(algo: str, tmp_path, **extra):
         "arithmetic-tiny",
         algo=algo,
         rollout={"prompts_per_step": 8, "n": 4, "max_new_tokens": 1},
-        actor={"mini_batch_size": 16, "micro_batch_size": 16},
-        critic={"micro_batch_size": 16},
+        # from a random init a large step size is what the rule task needs (the preset's 1e-5 is for SFT policies)
+        actor={"lr": 1e-3, "mini_batch_size": 16, "micro_batch_size": 16},
+        critic={"lr": 1e-3, "micro_batch_size": 16},
         cluster={"backend": "local", "threads_per_worker": 1},
         logging={"run_dir": str(tmp_path), "run_name": algo, "dashboard": False},
     )

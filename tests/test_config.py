@@ -73,16 +73,16 @@ def test_resolved_device_and_dtype():
 
 def test_override_forms_agree_and_merge():
     base = Config.preset(TINY)
-    by_kw = Config.preset(TINY, actor__lr=1e-5)
-    by_dict = Config.preset(TINY, actor={"lr": 1e-5})
-    by_dotted = base.override({"actor.lr": 1e-5})
-    by_section = base.override(actor={"lr": 1e-5})
+    by_kw = Config.preset(TINY, actor__lr=3e-4)
+    by_dict = Config.preset(TINY, actor={"lr": 3e-4})
+    by_dotted = base.override({"actor.lr": 3e-4})
+    by_section = base.override(actor={"lr": 3e-4})
     assert by_kw == by_dict == by_dotted == by_section
-    assert by_kw.actor.lr == 1e-5
+    assert by_kw.actor.lr == 3e-4
     # a dict merges: the other actor fields keep the preset's values
     assert dataclasses.replace(by_dict.actor, lr=base.actor.lr) == base.actor
     # a new Config; the original is untouched
-    assert base.actor.lr == 1e-3 and by_dotted is not base
+    assert base.actor.lr == 1e-5 and by_dotted is not base
 
 
 def test_string_for_a_section_sets_its_name():
