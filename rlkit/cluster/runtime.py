@@ -156,13 +156,22 @@ class ClusterRuntime:
         # dashboard (its own processes and port), session files in a short private folder.
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         temp_dir = _short_temp_dir()
-        ray.init(
-            address="local",
-            num_cpus=self.num_cpus or default_num_cpus(),
-            include_dashboard=False,
-            _temp_dir=temp_dir,
-            log_to_driver=True,
-        )
+        for attempt in range(3):
+            try:
+                ray.init(
+                    address="local",
+                    num_cpus=self.num_cpus or default_num_cpus(),
+                    include_dashboard=False,
+                    _temp_dir=temp_dir,
+                    log_to_driver=True,
+                )
+                break
+            except Exception as err:  # noqa: BLE001 - Ray raises a bare Exception for this
+                # Ray waits a fixed 30 s for its raylet; on a loaded small machine that can pass.
+                # Start again from scratch rather than fail the Session.
+                if "timed out during startup" not in str(err) or attempt == 2:
+                    raise
+                ray.shutdown()
         self._take_ray(temp_dir)
         return self
 
