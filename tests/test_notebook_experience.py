@@ -147,9 +147,6 @@ def test_session_displays_its_dashboard(tmp_path, capsys):
         assert "<rlkit.Session backend='local' algo='grpo'" in capsys.readouterr().out
 
 
-@pytest.mark.xfail(strict=True, reason="rlkit/monitor/dashboard.py: Dashboard.update calls _register again when a "
-                   "re-run stage replaces the only point of a key (`if len(steps) == 1`), adding a second trace "
-                   "that the live widget never updates (a stale dot per key at step 1 in the quickstart)")
 def test_rerunning_a_stage_in_the_same_step_keeps_one_trace_per_key():
     """The quickstart calls generate/prepare/learn by hand, then train(): both are step 1, so the second
     call replaces the first's points. The live plot must then show each key once, with the new value."""

@@ -137,14 +137,15 @@ class Dashboard:
             if key == "step" or value is None:  # strings and other non-numbers are not plotted
                 continue
             self.latest[key] = value
+            is_new = key not in self._history
             steps, values = self._history.setdefault(key, ([], []))
             if steps and steps[-1] == self.step:
-                values[-1] = value
+                values[-1] = value  # a re-run stage replaces its point of this step
             else:
                 steps.append(self.step)
                 values.append(value)
             changed.append(key)
-            if len(steps) == 1:
+            if is_new:  # one trace per key, made when the key first appears
                 self._register(key)
         if self._widget is not None:
             self._redraw(changed)
