@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -96,8 +97,31 @@ def check_compare(nb, workdir: Path) -> None:
         assert (workdir / "runs" / "compare" / algo / "stats.jsonl").is_file(), algo
 
 
+def check_custom(nb, workdir: Path) -> None:
+    assert "roles: ['actor']" in text_of(nb, code_cell(nb, "algorithm=RankPG(cfg)"))  # no reference, no critic
+    assert "rank_reinforce -> {" in text_of(nb, code_cell(nb, 'register_algorithm("rank_reinforce"'))
+
+
+def check_dashboard(nb, workdir: Path) -> None:
+    assert "{'generate': 3, 'prepare': 3, 'learn': 3}" in text_of(nb, code_cell(nb, "history = s.train(3)"))
+    memory = text_of(nb, code_cell(nb, "host RSS (GiB)"))
+    for role in ("actor", "critic", "ref", "driver"):
+        assert role in memory, role
+    assert (workdir / "runs" / "dashboard" / "dashboard.html").stat().st_size > 100_000  # plotly.js inline
+
+
+def check_rlhf(nb, workdir: Path) -> None:
+    nll = re.search(r"answer NLL: ([0-9.]+) -> ([0-9.]+)", text_of(nb, code_cell(nb, "SFTTrainer(")))
+    assert nll and float(nll.group(2)) < float(nll.group(1)) - 0.5, "SFT did not lower the answer NLL"
+    assert "pairwise accuracy:" in text_of(nb, code_cell(nb, "RewardModelTrainer("))
+    assert "'reward'" in text_of(nb, code_cell(nb, "reward_model_path"))  # PPO scored by the reward model
+    for folder in ("sft/model", "rm/model", "ppo"):
+        assert (workdir / "runs" / "rlhf" / folder).is_dir(), folder
+
+
 CHECKS = {"01_quickstart": check_quickstart, "02_stages_step_by_step": check_stages,
-          "03_compare_algorithms": check_compare}
+          "03_compare_algorithms": check_compare, "04_custom_advantage": check_custom,
+          "05_dashboard_and_memory": check_dashboard, "06_rlhf_pipeline": check_rlhf}
 
 
 @pytest.mark.slow
