@@ -44,7 +44,11 @@ POLL_JS = """() => {
     .map(e => e.textContent).filter(t => t.includes('Traceback (most recent call last)'));
   return {points, prompts, errors};
 }"""
-pytestmark = pytest.mark.slow
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing: apt-get install -y chromium "
+                       "chromium-driver (CI's .ci/run installs it)"),
+]
 
 
 def free_port() -> int:
@@ -118,8 +122,6 @@ def jupyterlab(tmp_path):
 
 
 def test_quickstart_live_plot_in_jupyterlab(jupyterlab, tmp_path):
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is missing: apt-get install -y chromium chromium-driver (CI installs it)")
     sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is in the dev extra")
     url, work, log = jupyterlab
 
