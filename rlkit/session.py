@@ -98,6 +98,8 @@ class Session:
         self.prompts = PromptStream(cfg, self.tokenizer)
         """Train/eval prompt splits and the cursor over the training prompts."""
         rules = task_rules(cfg)
+        self.eval_fn = rules[0]
+        """The task's own rule (exact answer then EOS): what `evaluate` counts, whatever trains the policy."""
         self.reward_fn = reward_fn or rules[0]
         self.cost_fn = cost_fn or rules[1]
 
@@ -266,15 +268,21 @@ class Session:
         return history
 
     def evaluate(self, *, num_prompts: int | None = None, k: int = 0) -> dict:
-        """Greedy exact-match accuracy on the eval split (and pass@k with k samples per prompt when k > 0)."""
+        """Greedy exact-match accuracy on the eval split (and pass@k with k samples per prompt when k > 0).
+
+        Counted with the task's rule (`eval_fn`), not the reward model or a custom `reward_fn`."""
+        from rlkit.workers.reward_model import rule_scores
+
         prompts = self.prompts.eval_batch(num_prompts)
         with self.monitor.stage("eval") as rec:
-            greedy = self.score(self.rollout(prompts, greedy=True))
+            greedy = self.rollout(prompts, greedy=True)
+            greedy = greedy.replace(scores=rule_scores(greedy, self.eval_fn, self.tokenizer))
             out = {"eval/accuracy": float((greedy.scores > 0.5).float().mean())}
             if k:
-                sampled = self.score(self.rollout(prompts, n=k))
+                sampled = self.rollout(prompts, n=k)
+                correct = rule_scores(sampled, self.eval_fn, self.tokenizer) > 0.5
                 solved = torch.zeros(len(prompts), dtype=torch.bool)
-                solved[sampled.group_id[sampled.scores > 0.5]] = True
+                solved[sampled.group_id[correct]] = True
                 out[f"eval/pass@{k}"] = float(solved.float().mean())
             rec.update(stats=out, batch=greedy)
         self.monitor.log_eval(self.steps_done, out)
