@@ -19,13 +19,19 @@ def _quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
-def _run_demo(args: argparse.Namespace) -> int:
+def _config(args: argparse.Namespace):
+    """The Config of a subcommand's `CONFIG.yaml` / `--preset` / `--algo` / `--set` (default preset: arithmetic-tiny)."""
     from rlkit.config import config_from_args
-    from rlkit.demo import run_demo
 
     if args.config_path is None and args.preset is None:
         args.preset = "arithmetic-tiny"
-    cfg = config_from_args(args)
+    return config_from_args(args)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from rlkit.demo import run_demo
+
+    cfg = _config(args)
     _quiet_transformers()
     steps = {} if args.steps is None else {"steps": args.steps}
     result = run_demo(cfg, out_dir=args.out, num_prompts=args.num_prompts, show=args.show, **steps)
@@ -50,12 +56,9 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_sample(args: argparse.Namespace) -> int:
-    from rlkit.config import config_from_args
     from rlkit.demo import sample_and_score
 
-    if args.config_path is None and args.preset is None:
-        args.preset = "arithmetic-tiny"
-    cfg = config_from_args(args)
+    cfg = _config(args)
     _quiet_transformers()
     sample_and_score(cfg, out_dir=args.out, num_prompts=args.num_prompts, show=args.show)
     return 0
@@ -104,11 +107,8 @@ def _add_tiny_model(sub: argparse._SubParsersAction) -> None:
 
 def _run_train(args: argparse.Namespace) -> int:
     import rlkit
-    from rlkit.config import config_from_args
 
-    if args.config_path is None and args.preset is None:
-        args.preset = "arithmetic-tiny"
-    cfg = config_from_args(args)
+    cfg = _config(args)
     _quiet_transformers()
     with rlkit.Session(cfg) as s:
         before = s.evaluate()["eval/accuracy"] if args.eval else None
@@ -140,12 +140,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_plan(args: argparse.Namespace) -> int:
-    from rlkit.config import config_from_args
     from rlkit.planner import format_plan, plan_from_config
 
-    if args.config_path is None and args.preset is None:
-        args.preset = "arithmetic-tiny"
-    cfg = config_from_args(args)
+    cfg = _config(args)
     print(format_plan(plan_from_config(cfg, cluster=args.cluster), top=args.top))
     return 0
 
