@@ -104,20 +104,21 @@ class WandbLogger:
         # reads the whole run.
         from rlkit.monitor.wandb_read import has_exit_record
 
+        # The file itself may not exist yet either (seen in CI): wait for it within the same deadline.
         folder = self.local_dir
-        files = sorted(folder.glob("run-*.wandb")) if folder is not None else []
-        if not files:
+        if folder is None:
             return
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            files = sorted(folder.glob("run-*.wandb"))
             try:
-                if has_exit_record(files[0]):
+                if files and has_exit_record(files[0]):
                     return
             except (OSError, ValueError):  # header not written yet, or a chunk mid-write
                 pass
             time.sleep(0.05)
-        warnings.warn(f"W&B offline run {files[0]} has no exit record {timeout:.0f} s after finish(); "
-                      "it may be incomplete until this process exits", RuntimeWarning, stacklevel=3)
+        warnings.warn(f"W&B offline run in {folder} has no complete run-*.wandb file {timeout:.0f} s after "
+                      "finish(); it may be incomplete until this process exits", RuntimeWarning, stacklevel=3)
 
 
 def _table_cell(value: Any) -> Any:
