@@ -145,3 +145,9 @@ __all__ = [
     "last_token_index",
     "count_tokens_and_seqs",
 ]
+
+
+def mean_padded_length(batch: Batch) -> float:
+    """Mean sequence length the forward runs over after trimming (for the FLOP count)."""
+    ids, _, _, _ = sequence_inputs(batch)
+    return float(ids.shape[1])

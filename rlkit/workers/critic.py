@@ -24,6 +24,7 @@ from rlkit.cluster import WorkerContext, register
 from rlkit.workers.batching import (
     chunks,
     local_minibatch_size,
+    mean_padded_length,
     pad_response,
     require_fields,
     sequence_inputs,
@@ -31,9 +32,8 @@ from rlkit.workers.batching import (
 from rlkit.workers.checkpoint import load_checkpoint, save_checkpoint
 from rlkit.workers.common import CallStats, Residency, load_tokenizer
 from rlkit.workers.optim import Optimizer, OptimConfig
-from rlkit.workers.policy import mean_padded_length
 from rlkit.workers.sharded import ShardedModel
-from rlkit.workers.train_step import LossFn, mean_of_steps, train_minibatch
+from rlkit.workers.train_step import LossFn, train_epochs
 
 
 def token_values(model: ShardedModel, mb: Batch) -> torch.Tensor:
@@ -148,20 +148,8 @@ class CriticWorker:
         def forward(mb: Batch) -> dict[str, torch.Tensor]:
             return {"values": token_values(self.model, mb)}
 
-        steps = []
-        with self.residency.on_device(), self.stats.measure("update", backward=True) as info:
-            for _ in range(epochs or self.epochs):
-                for mini in chunks(batch, rows):
-                    steps.append(
-                        train_minibatch(
-                            self.optimizer, mini, micro_batch_size=micro, forward=forward,
-                            loss_fn=loss_fn, device=self.model.device, where=where,
-                        )
-                    )
-            info["tokens"] = batch.num_tokens() * (epochs or self.epochs)
-            info["seq_len"] = mean_padded_length(batch)
-        metrics = {f"{self.name}/{key}": value for key, value in mean_of_steps(steps).items()}
-        return {**metrics, **info["stats"]}
+        return train_epochs(self, batch, rows=rows, micro_batch_size=micro, epochs=epochs or self.epochs,
+                            forward=forward, loss_fn=loss_fn, where=where)
 
     @register("rank0")
     def save_checkpoint(self, path: str | os.PathLike, extra: dict | None = None) -> str:

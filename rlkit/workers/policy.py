@@ -23,12 +23,19 @@ from transformers import PretrainedConfig
 from rlkit.algos.core import entropy_from_logits, logprobs_from_logits
 from rlkit.batch import Batch
 from rlkit.cluster import WorkerContext, register
-from rlkit.workers.batching import chunks, local_minibatch_size, pad_response, require_fields, sequence_inputs
+from rlkit.workers.batching import (
+    chunks,
+    local_minibatch_size,
+    mean_padded_length,
+    pad_response,
+    require_fields,
+    sequence_inputs,
+)
 from rlkit.workers.checkpoint import load_checkpoint, save_checkpoint
 from rlkit.workers.common import CallStats, Residency, load_tokenizer
 from rlkit.workers.optim import Optimizer, OptimConfig
 from rlkit.workers.sharded import ShardedModel
-from rlkit.workers.train_step import LossFn, mean_of_steps, train_minibatch
+from rlkit.workers.train_step import LossFn, train_epochs
 
 LOGPROB_FIELDS = ("old_logprobs", "ref_logprobs", "rollout_logprobs")
 
@@ -59,12 +66,6 @@ def response_logprobs(
     if with_entropy:
         out["entropy"] = torch.where(valid, pad_response(entropy_from_logits(logits), width), zero)
     return out
-
-
-def mean_padded_length(batch: Batch) -> float:
-    """Mean sequence length the forward runs over after trimming (for the FLOP count)."""
-    ids, _, _, _ = sequence_inputs(batch)
-    return float(ids.shape[1])
 
 
 class PolicyWorker:
@@ -177,20 +178,8 @@ class PolicyWorker:
         def forward(mb: Batch) -> dict[str, torch.Tensor]:
             return response_logprobs(self.model, mb, temperature=self.temperature, with_entropy=True)
 
-        steps = []
-        with self.residency.on_device(), self.stats.measure("update", backward=True) as info:
-            for _ in range(epochs or self.epochs):
-                for mini in chunks(batch, rows):
-                    steps.append(
-                        train_minibatch(
-                            self.optimizer, mini, micro_batch_size=micro, forward=forward,
-                            loss_fn=loss_fn, device=self.model.device, where=where,
-                        )
-                    )
-            info["tokens"] = batch.num_tokens() * (epochs or self.epochs)
-            info["seq_len"] = mean_padded_length(batch)
-        metrics = {f"{self.name}/{key}": value for key, value in mean_of_steps(steps).items()}
-        return {**metrics, **info["stats"]}
+        return train_epochs(self, batch, rows=rows, micro_batch_size=micro, epochs=epochs or self.epochs,
+                            forward=forward, loss_fn=loss_fn, where=where)
 
     # ------------------------------------------------------------------ state
 

@@ -17,7 +17,8 @@ from rlkit.batch import Batch
 from rlkit.cluster import WorkerContext, register
 from rlkit.workers.batching import chunks, require_fields
 from rlkit.workers.common import CallStats, Residency, load_tokenizer
-from rlkit.workers.policy import mean_padded_length, response_logprobs
+from rlkit.workers.batching import mean_padded_length
+from rlkit.workers.policy import response_logprobs
 from rlkit.workers.sharded import ShardedModel
 
 

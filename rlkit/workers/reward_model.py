@@ -31,15 +31,15 @@ from rlkit.workers.batching import (
     chunks,
     last_token_index,
     local_minibatch_size,
+    mean_padded_length,
     require_fields,
     sequence_inputs,
 )
 from rlkit.workers.checkpoint import load_checkpoint, save_checkpoint
 from rlkit.workers.common import CallStats, Residency, load_tokenizer
 from rlkit.workers.optim import Optimizer, OptimConfig
-from rlkit.workers.policy import mean_padded_length
 from rlkit.workers.sharded import ShardedModel
-from rlkit.workers.train_step import LossFn, mean_of_steps, train_minibatch
+from rlkit.workers.train_step import LossFn, train_epochs
 
 SCORE_FIELDS = ("scores", "costs")
 
@@ -182,20 +182,8 @@ class RewardModelWorker:
         def forward(mb: Batch) -> dict[str, torch.Tensor]:
             return {"scores": sequence_scores(self.model, mb)}
 
-        steps = []
-        with self.residency.on_device(), self.stats.measure("update", backward=True) as info:
-            for mini in chunks(batch, rows):
-                steps.append(
-                    train_minibatch(
-                        self.optimizer, mini, micro_batch_size=micro, forward=forward,
-                        loss_fn=loss_fn or bradley_terry_loss, device=self.model.device,
-                        where=where, metric_weight="seqs",
-                    )
-                )
-            info["tokens"] = batch.num_tokens()
-            info["seq_len"] = mean_padded_length(batch)
-        metrics = {f"{self.name}/{key}": value for key, value in mean_of_steps(steps).items()}
-        return {**metrics, **info["stats"]}
+        return train_epochs(self, batch, rows=rows, micro_batch_size=micro, epochs=1, forward=forward,
+                            loss_fn=loss_fn or bradley_terry_loss, where=where, metric_weight="seqs")
 
     @register("rank0")
     def save_checkpoint(self, path: str | os.PathLike, extra: dict | None = None) -> str:

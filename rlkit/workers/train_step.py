@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 
 from rlkit.batch import Batch
-from rlkit.workers.batching import chunks, count_tokens_and_seqs
+from rlkit.workers.batching import chunks, count_tokens_and_seqs, mean_padded_length
 from rlkit.workers.optim import Optimizer
 
 Outputs = dict[str, torch.Tensor]
@@ -124,4 +124,38 @@ def mean_of_steps(steps: list[dict[str, float]]) -> dict[str, float]:
     return out
 
 
-__all__ = ["LossFn", "ForwardFn", "Outputs", "all_reduce_sum", "global_counts", "train_minibatch", "mean_of_steps"]
+def train_epochs(
+    role,
+    batch: Batch,
+    *,
+    rows: int,
+    micro_batch_size: int,
+    epochs: int,
+    forward: ForwardFn,
+    loss_fn: LossFn,
+    where: str,
+    metric_weight: str = "tokens",
+) -> dict[str, float]:
+    """`epochs` passes of optimizer steps over this rank's rows, `rows` per step: the update loop every
+    trainable role (policy, critic, reward model) shares.
+
+    `role` provides `model`, `optimizer`, `residency`, `stats` and `name`. Returns the metrics averaged
+    over steps, prefixed `<name>/`, plus the call's time/memory/FLOP measurements.
+    """
+    steps = []
+    with role.residency.on_device(), role.stats.measure("update", backward=True) as info:
+        for _ in range(epochs):
+            for mini in chunks(batch, rows):
+                steps.append(
+                    train_minibatch(
+                        role.optimizer, mini, micro_batch_size=micro_batch_size, forward=forward,
+                        loss_fn=loss_fn, device=role.model.device, where=where, metric_weight=metric_weight,
+                    )
+                )
+        info["tokens"] = batch.num_tokens() * epochs
+        info["seq_len"] = mean_padded_length(batch)
+    metrics = {f"{role.name}/{key}": value for key, value in mean_of_steps(steps).items()}
+    return {**metrics, **info["stats"]}
+
+
+__all__ = ["LossFn", "ForwardFn", "Outputs", "all_reduce_sum", "global_counts", "train_minibatch", "train_epochs", "mean_of_steps"]
