@@ -90,6 +90,7 @@ def jupyterlab(tmp_path):
     shutil.copy(NOTEBOOK, work / NOTEBOOK.name)
     quiet_settings(tmp_path / "settings")
     env = dict(os.environ)
+    env.pop("WANDB_SERVICE", None)  # the kernel starts its own W&B service, not the one of an earlier test
     env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.update(JUPYTERLAB_SETTINGS_DIR=str(tmp_path / "settings"), JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "ws"),
                JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",

@@ -155,6 +155,17 @@ def test_record_reader_rejects_other_files(tmp_path):
 # ------------------------------------------------------------------ compare
 
 
+def test_relative_run_dir_lands_under_the_callers_working_directory(offline_run, tmp_path, monkeypatch):
+    # offline_run left this process's W&B service running (WANDB_SERVICE in os.environ): it resolves
+    # paths against the directory pytest started in, so a relative dir must be made absolute first.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    with RunLog("relative", CONFIG_A, wandb=True, wandb_project="rlkit-test", wandb_mode="offline") as log:
+        log.log({"reward/mean": 0.5})
+    wandb_file = find_wandb_file(tmp_path / "relative")
+    assert has_exit_record(wandb_file)
+
+
 def test_compare_offline_wandb_with_plain_run_dir(offline_run, plain_run, tmp_path):
     wandb_dir = find_wandb_file(offline_run).parent  # .../wandb/offline-run-*
     cmp = rlkit.compare([wandb_dir, plain_run])

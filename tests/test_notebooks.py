@@ -29,6 +29,7 @@ def kernel_env(monkeypatch) -> None:
     for key, value in (("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1"), ("WANDB_MODE", "offline"),
                        ("TOKENIZERS_PARALLELISM", "false"), ("RAY_AUTH_MODE", "disabled")):
         monkeypatch.setenv(key, value)
+    monkeypatch.delenv("WANDB_SERVICE", raising=False)  # the kernel starts its own W&B service
 
 
 def execute(path: Path, workdir: Path, monkeypatch):

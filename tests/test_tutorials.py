@@ -52,6 +52,7 @@ def test_tutorial_runs(page, tmp_path):
     script = tmp_path / f"{page.stem}.py"
     script.write_text(page_script(page), encoding="utf-8")
     env = dict(os.environ)
+    env.pop("WANDB_SERVICE", None)  # a W&B service started by an earlier test in this process is not the page's
     env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", WANDB_MODE="offline", TOKENIZERS_PARALLELISM="false",
                RAY_AUTH_MODE="disabled", WANDB_SILENT="true")

@@ -54,7 +54,9 @@ class WandbLogger:
             name=name,
             tags=list(tags) if tags else None,
             config=dict(config),
-            dir=str(run_dir),
+            # Absolute: a W&B service shared with a parent process (WANDB_SERVICE in the environment)
+            # resolves a relative path against its own working directory, not ours.
+            dir=str(Path(run_dir).resolve()),
             mode=mode,
             # Another open run (an earlier Session in the same notebook) keeps logging to its own run.
             reinit="create_new",
