@@ -19,19 +19,19 @@ def _quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
-def _config(args: argparse.Namespace):
-    """The Config of a subcommand's `CONFIG.yaml` / `--preset` / `--algo` / `--set` (default preset: arithmetic-tiny)."""
+def _config(args: argparse.Namespace, default_preset: str = "arithmetic-tiny"):
+    """The Config of a subcommand's `CONFIG.yaml` / `--preset` / `--algo` / `--set` (default: `default_preset`)."""
     from rlkit.config import config_from_args
 
     if args.config_path is None and args.preset is None:
-        args.preset = "arithmetic-tiny"
+        args.preset = default_preset
     return config_from_args(args)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
     from rlkit.demo import run_demo
 
-    cfg = _config(args)
+    cfg = _config(args, default_preset="arithmetic-rl")
     _quiet_transformers()
     steps = {} if args.steps is None else {"steps": args.steps}
     result = run_demo(cfg, out_dir=args.out, num_prompts=args.num_prompts, show=args.show, **steps)
@@ -45,12 +45,13 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         "demo",
         help="the whole pipeline on the arithmetic task: SFT warm-up, RL, accuracy before and after",
         description="SFT warm-up of the tiny model (cached under OUT/sft), then RL steps with the config's "
-        "algorithm (GRPO by default) in a Session, with the greedy eval accuracy before and after.",
+        "algorithm (GRPO by default) in a Session, with the greedy eval accuracy before and after. "
+        "Default config: the arithmetic-rl preset.",
     )
     add_config_args(p)
     p.add_argument("--out", default="runs/demo", help="folder for the SFT cache and the run (default: runs/demo)")
     p.add_argument("--steps", type=int, default=None, help="RL steps (default: rlkit.demo.DEMO_STEPS)")
-    p.add_argument("--num-prompts", type=int, default=64, help="eval prompts (default: 64)")
+    p.add_argument("--num-prompts", type=int, default=None, help="eval prompts (default: the whole eval split, data.eval_size)")
     p.add_argument("--show", type=int, default=8, help="eval samples to print (default: 8)")
     p.set_defaults(func=_run_demo)
 

@@ -463,6 +463,16 @@ _ARITH_TINY: dict[str, Any] = {
 PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "arithmetic-tiny": ("qwen2-tiny (~0.2M params) on 2-digit addition, GRPO, 16 prompts x 4 samples (about a second per step on CPU)",
                         _ARITH_TINY),
+    "arithmetic-rl": ("the RL recipe for arithmetic-tiny started from its SFT policy (set model.path): 32 prompts x 8 "
+                      "samples at temperature 0.7, one AdamW step of lr 1e-5 per RL step, eval on 512 prompts",
+                      _ARITH_TINY | {
+                          "data": {**_ARITH_TINY["data"], "eval_size": 512},
+                          # 0.7 keeps samples near the greedy answer the eval scores; one optimizer step
+                          # per RL step: this sharp 0.2M model takes many small steps badly (BENCHMARKS.md)
+                          "rollout": {"prompts_per_step": 32, "n": 8, "temperature": 0.7, "max_new_tokens": 6},
+                          "actor": {"lr": 1e-5, "mini_batch_size": 256, "micro_batch_size": 256, "grad_clip": 1.0},
+                          "critic": {"lr": 1e-4, "micro_batch_size": 256},
+                      }),
     "arithmetic-1m": ("the 1M benchmark model (qwen2-1m) on 2-digit addition, GRPO, 32 prompts x 8 samples",
                       _ARITH_TINY | {
                           "model": {"preset": "qwen2-1m", "dtype": "float32"},

@@ -66,20 +66,25 @@ def ray_cluster():
 
 @pytest.fixture(scope="session")
 def sft_arithmetic(tmp_path_factory):
-    """The SFT stage run ONCE per test session on arithmetic-tiny (local backend, 1 torch thread).
+    """The SFT stage run ONCE per test session: the demo's warm-up (`rlkit.demo.demo_sft_config`) on the
+    `arithmetic-rl` preset (local backend, 1 torch thread).
 
-    Slow (a few minutes on 2 cores): only `slow` tests use it. Returns a namespace with
+    Slow (two to four minutes on 2 cores): only `slow` tests use it. Returns a namespace with
     `cfg` (the Config), `sft` (the SFTConfig), `out_dir`, `result` (the `SFTResult` of
     the fresh, uncached run) and `model_dir` (its Hugging Face folder: the starting
-    policy for RL, and the starting point of the reward model).
+    policy for RL, and the starting point of the reward model). `out_dir` is `demo_dir/sft`, where
+    `run_demo(out_dir=demo_dir)` looks for its SFT, so a demo run there reuses this one.
     """
     from types import SimpleNamespace
 
     from rlkit.config import Config
-    from rlkit.workers.sft import SFTConfig, run_sft
+    from rlkit.demo import demo_sft_config
+    from rlkit.workers.sft import run_sft
 
-    cfg = Config.preset("arithmetic-tiny", cluster={"backend": "local", "threads_per_worker": 1})
-    sft = SFTConfig(steps=600, batch_size=256, micro_batch_size=256, lr=3e-3, weight_decay=0.1, eval_size=128)
-    out_dir = tmp_path_factory.mktemp("sft_arithmetic")
+    cfg = Config.preset("arithmetic-rl", cluster={"backend": "local", "threads_per_worker": 1})
+    sft = demo_sft_config()
+    demo_dir = tmp_path_factory.mktemp("demo")
+    out_dir = demo_dir / "sft"
     result = run_sft(cfg, out_dir, sft=sft, progress=False)
-    return SimpleNamespace(cfg=cfg, sft=sft, out_dir=out_dir, result=result, model_dir=result.model_dir)
+    return SimpleNamespace(cfg=cfg, sft=sft, out_dir=out_dir, demo_dir=demo_dir, result=result,
+                           model_dir=result.model_dir)
