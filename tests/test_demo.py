@@ -84,3 +84,20 @@ def test_cli_help_is_fast_to_import():
     root = Path(__file__).resolve().parents[1]
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root).stdout
     assert out.strip() == "False"
+
+
+@pytest.mark.slow
+def test_demo_shows_the_accuracy_rising(sft_arithmetic):
+    """`rlkit demo`'s pipeline (run_demo) on the session's SFT warm-up: cached, then GRPO raises the accuracy."""
+    from rlkit.demo import DEMO_STEPS, run_demo
+
+    lines: list[str] = []
+    cfg = Config.preset("arithmetic-rl", cluster={"backend": "local", "threads_per_worker": 1})
+    result = run_demo(cfg, out_dir=sft_arithmetic.demo_dir, print_fn=lines.append)
+    out = "\n".join(lines)
+    print(out)
+    assert "(cached)" in out  # the fixture's SFT, found where the demo looks for it
+    assert len(result.history) == DEMO_STEPS
+    assert result.accuracy_after >= result.accuracy_before + 0.10
+    assert f"{result.accuracy_before:.1%} -> {result.accuracy_after:.1%}" in out
+    assert "stats.jsonl" in out and "dashboard.html" in out
