@@ -17,8 +17,9 @@ How the stages are timed:
   `Session.step()` returns (STAT_KEYS);
 - ref / old log-probs: the driver's wall time around `Session.compute_ref_logprobs` and
   `Session.compute_old_logprobs` (wrapped on the instance; dispatch and gather included),
-  the two calls GRPO's prepare stage makes. rlkit runs the old forward even with one
-  update per step, where TRL reuses the policy forward's log-probs: ~20 % more matmul work;
+  the two calls GRPO's prepare stage makes. With one update per step the config sets
+  `actor.skip_old_logprobs`, so, like TRL, rlkit reuses the policy forward's log-probs and
+  the "old" lap is only the call that decides to skip;
 - weight sync: `time/sync` when the Session reports it, else 0 (the hf engine generates
   from the actor's own parameters, unsharded in place: its cost is inside generate);
 - tokens: real prompt and generated tokens of `Session.last_batch` (masks summed).
@@ -78,7 +79,9 @@ def make_config(work: ReferenceWork, model_dir: str, prompts_path: str, *, ranks
                  "seed": work.seed},
         actor={"lr": work.lr, "weight_decay": 0.0, "warmup_steps": 0, "lr_schedule": "constant", "grad_clip": 1.0,
                "mini_batch_size": work.batch_size, "micro_batch_size": work.batch_size // ranks, "ppo_epochs": 1,
-               "entropy_coef": 0.0, "gradient_checkpointing": False, "offload": False},
+               "entropy_coef": 0.0, "gradient_checkpointing": False, "offload": False,
+               # one on-policy update per step: the loss takes its own log-probs as the old ones, as TRL does
+               "skip_old_logprobs": True},
         algo={"name": "grpo", "kl_coef": work.beta, "kl_kind": "k3", "kl_in_reward": False, "loss_agg": "token-mean",
               "clip_low": 0.2, "clip_high": 0.2, "norm_adv_by_std": True, "dynamic_sampling": False},
         cluster={"backend": backend, "nodes": 1, "devices_per_node": ranks, "threads_per_worker": threads // ranks,
@@ -117,9 +120,9 @@ def _time_prepare_calls(session, watch: Stopwatch) -> None:
     for method, lap in (("compute_ref_logprobs", "ref"), ("compute_old_logprobs", "old")):
         inner = getattr(session, method)
 
-        def timed(batch, _inner=inner, _lap=lap):
+        def timed(batch, *args, _inner=inner, _lap=lap, **kwargs):
             with watch(_lap):
-                return _inner(batch)
+                return _inner(batch, *args, **kwargs)
 
         setattr(session, method, timed)
 

@@ -143,6 +143,13 @@ class ActorConfig:
     """Samples per forward/backward pass on one rank (gradient accumulation up to the mini-batch)."""
     ppo_epochs: int = 1
     """Passes over each rollout batch."""
+    skip_old_logprobs: bool = False
+    """Skip the old-log-prob forward when it cannot matter: with ppo_epochs = 1 and the whole batch in one
+    mini-batch, every sample gets exactly one optimizer step from the policy that generated it, so the loss
+    uses its own log-probs, detached, as the old ones (ratio 1, the same gradient; TRL's default). Saves a
+    forward per step; costs the rollout-vs-trainer log-prob gap (no old_logprobs in the batch), and a second
+    `learn` on the same batch is then unclipped. Algorithms that put the KL in the reward (PPO, REINFORCE++)
+    always compute them."""
     entropy_coef: float = 0.0
     """Weight of the entropy bonus in the policy loss."""
     offload: bool = False

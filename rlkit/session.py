@@ -181,8 +181,18 @@ class Session:
             fields["costs"] = rule_scores(batch, self.cost_fn, self.tokenizer)
         return batch.replace(**fields)
 
-    def compute_old_logprobs(self, batch: Batch) -> Batch:
+    def compute_old_logprobs(self, batch: Batch, *, force: bool = False) -> Batch:
+        """`old_logprobs` (B, T) under the current policy; left out (None) when `actor.skip_old_logprobs`
+        holds for this batch (`old_logprobs_skippable`) unless `force` (the caller reads them itself)."""
+        if not force and self.old_logprobs_skippable(batch):
+            return batch
         return batch.replace(old_logprobs=self.roles["actor"].compute_logprobs(batch, "old_logprobs").old_logprobs)
+
+    def old_logprobs_skippable(self, batch: Batch) -> bool:
+        """True when `actor.skip_old_logprobs` is on and `batch` gets exactly one optimizer step (one
+        mini-batch, one epoch): then the policy loss takes its own detached log-probs as the old ones."""
+        a = self.config.actor
+        return a.skip_old_logprobs and a.ppo_epochs == 1 and len(batch) <= a.mini_batch_size
 
     def compute_ref_logprobs(self, batch: Batch) -> Batch:
         return batch.replace(ref_logprobs=self.roles["ref"].compute_logprobs(batch, "ref_logprobs").ref_logprobs)
@@ -229,7 +239,8 @@ class Session:
 
     def learn(self, batch: Batch) -> dict:
         """Stage 3: critic then actor update (mini-batches x `actor.ppo_epochs`); returns the step stats."""
-        _require(batch, ("advantages", "old_logprobs"), "learn", "run s.prepare(batch) first")
+        needed = ("advantages",) if self.old_logprobs_skippable(batch) else ("advantages", "old_logprobs")
+        _require(batch, needed, "learn", "run s.prepare(batch) first")
         self._check_batch_fits(batch, "learn")
         stats: dict[str, float] = {}
         with self.monitor.stage("learn") as rec:

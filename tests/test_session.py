@@ -163,3 +163,29 @@ def test_placements_build_groups_that_train(ray_cluster, tmp_path, placement):
             assert len(s.groups) == 2 and s.groups[0].pids != s.groups[1].pids
         stats = s.step()
     assert "critic/vf_loss" in stats or "critic/loss" in stats
+
+
+def test_skip_old_logprobs_gives_the_same_update_with_one_forward_less(tmp_path):
+    """With one on-policy optimizer step per batch, old log-probs = the loss's own (detached): same update."""
+    def one_step(skip: bool, mini: int):
+        cfg = tiny_config(tmp_path / f"{skip}-{mini}", cluster={"backend": "local", "threads_per_worker": 1},
+                          actor={"mini_batch_size": mini, "micro_batch_size": 8, "lr": 1e-3, "skip_old_logprobs": skip})
+        with rlkit.Session(cfg, reward_fn=parity_reward) as s:
+            prepared = s.prepare(s.generate(s.next_prompts()))
+            stats = s.learn(prepared)
+            after = s.compute_old_logprobs(prepared, force=True).old_logprobs
+        return prepared, stats, after
+
+    computed, stats, after = one_step(False, 16)
+    skipped, stats_skip, after_skip = one_step(True, 16)
+    assert computed.old_logprobs is not None and skipped.old_logprobs is None
+    assert torch.equal(skipped.response_ids, computed.response_ids)  # same seed: the same rollout
+    for key in ("actor/pg_loss", "actor/kl", "actor/entropy", "actor/grad_norm"):
+        assert stats_skip[key] == pytest.approx(stats[key], rel=1e-4, abs=1e-6), key
+    assert stats["actor/clipfrac"] == stats_skip["actor/clipfrac"] == 0.0
+    mask = computed.response_mask.bool()
+    assert (after_skip - after)[mask].abs().max() < 1e-5  # the same weights after the update
+    assert (after - computed.old_logprobs)[mask].abs().max() > 1e-3  # ... which did move
+
+    two_minibatches, _, _ = one_step(True, 8)  # two optimizer steps: the second needs the real old log-probs
+    assert two_minibatches.old_logprobs is not None

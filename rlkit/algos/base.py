@@ -42,8 +42,8 @@ class Stages(Protocol):
     def score(self, batch: "Batch") -> "Batch":
         """`scores` (B,) and, when a cost function/model is configured, `costs` (B,)."""
 
-    def compute_old_logprobs(self, batch: "Batch") -> "Batch":
-        """`old_logprobs` (B, T) under the current policy."""
+    def compute_old_logprobs(self, batch: "Batch", *, force: bool = False) -> "Batch":
+        """`old_logprobs` (B, T) under the current policy (skipped under `actor.skip_old_logprobs` unless `force`)."""
 
     def compute_ref_logprobs(self, batch: "Batch") -> "Batch":
         """`ref_logprobs` (B, T) under the frozen reference policy."""

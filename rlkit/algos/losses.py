@@ -41,7 +41,8 @@ class PolicyLoss:
     def __call__(self, outputs: dict, mb, global_tokens: float, global_seqs: float):
         logprobs, entropy = outputs["logprobs"], outputs["entropy"]  # (b, T) each
         mask = mb.response_mask.to(logprobs.device)
-        old = mb.old_logprobs.to(logprobs.device)
+        # No old_logprobs: one on-policy optimizer step (actor.skip_old_logprobs), old = current, detached.
+        old = mb.old_logprobs.to(logprobs.device) if mb.old_logprobs is not None else logprobs.detach()
         adv = mb.advantages.to(logprobs.device)
         counts = dict(norm_length=self.norm_length, global_tokens=global_tokens, global_seqs=global_seqs)
         surrogate = core.gspo_policy_loss if self.surrogate == "gspo" else core.ppo_policy_loss

@@ -35,7 +35,7 @@ class PPO:
 
     def prepare(self, s, batch):
         batch = s.score(batch)
-        batch = s.compute_old_logprobs(batch)
+        batch = s.compute_old_logprobs(batch, force=True)  # the KL penalty in the reward reads them
         batch = s.compute_values(batch)
         kl = None
         if self.uses_reference:

@@ -28,7 +28,7 @@ class ReinforcePP:
 
     def prepare(self, s, batch):
         batch = s.score(batch)
-        batch = s.compute_old_logprobs(batch)
+        batch = s.compute_old_logprobs(batch, force=True)  # the KL penalty in the reward reads them
         kl = None
         if self.uses_reference:
             batch = s.compute_ref_logprobs(batch)
