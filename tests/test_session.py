@@ -189,3 +189,19 @@ def test_skip_old_logprobs_gives_the_same_update_with_one_forward_less(tmp_path)
 
     two_minibatches, _, _ = one_step(True, 8)  # two optimizer steps: the second needs the real old log-probs
     assert two_minibatches.old_logprobs is not None
+
+
+def test_gather_weights_always_generates_the_same_tokens_from_one_gathered_copy(tmp_path):
+    def rollout(mode: str):
+        cfg = tiny_config(tmp_path / mode, cluster={"backend": "local", "threads_per_worker": 1},
+                          rollout={"prompts_per_step": 4, "n": 4, "max_new_tokens": 4, "gather_weights": mode})
+        with rlkit.Session(cfg, reward_fn=parity_reward) as s:
+            batch = s.generate(s.next_prompts())
+            return batch, s.roles["actor"].last_sync()[0]
+
+    per_layer, sync_auto = rollout("auto")
+    gathered, sync_always = rollout("always")
+    assert (sync_auto["mode"], sync_always["mode"]) == ("per-layer", "gathered")
+    assert sync_auto["bytes"] == 0 and sync_always["bytes"] > 0  # the one full copy the gather made
+    assert torch.equal(per_layer.response_ids, gathered.response_ids)
+    assert torch.allclose(per_layer.rollout_logprobs, gathered.rollout_logprobs, atol=1e-6)

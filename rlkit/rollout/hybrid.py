@@ -174,6 +174,8 @@ class HybridActor:
     def kwargs_from_config(cfg: Any) -> dict[str, Any]:
         """Constructor kwargs from an `rlkit.config.Config` (the policy's plus the rollout section)."""
         kwargs = {**PolicyWorker.kwargs_from_config(cfg), "rollout": cfg.rollout}
+        if cfg.rollout.gather_weights == "always":
+            kwargs["keep_unsharded"] = True  # "auto": None, the engine decides by world size
         # log-probs at the temperature the engine samples at (greedy rollouts: 1, never a division by 0)
         kwargs["temperature"] = SamplingParams.from_config(cfg.rollout).logprob_temperature
         return kwargs
