@@ -139,7 +139,7 @@ def _session_kwargs(session_cls) -> dict:
     return {}
 
 
-def run(work: ReferenceWork, *, threads: int, ranks: int, backend: str, workdir: str) -> dict:
+def run(work: ReferenceWork, *, threads: int, ranks: int, backend: str, workdir: str, init: str | None = None) -> dict:
     """Run the Session on `work` and return (and print) the measurement record."""
     import torch
 
@@ -154,6 +154,7 @@ def run(work: ReferenceWork, *, threads: int, ranks: int, backend: str, workdir:
     from transformers import AutoModelForCausalLM
 
     model_dir, prompts_path = build_reference(work, workdir)
+    model_dir = init or model_dir
     rows = read_prompts(prompts_path)
     check_same_token_ids(model_dir, rows)
     num_params = check_model_shape(AutoModelForCausalLM.from_pretrained(model_dir), work.size)
@@ -198,12 +199,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ranks", type=int, default=1, help="data-parallel workers (FSDP ranks)")
     p.add_argument("--backend", default="ray", choices=["ray", "local"])
     p.add_argument("--workdir", default=str(DEFAULT_WORKDIR), help="where the model folder and prompt file are kept")
+    p.add_argument("--init", default=None, help="start from this saved model folder (same shape and tokenizer, e.g. an SFT policy) instead of the reference init")
     a = p.parse_args(argv)
     if a.backend == "local" and a.ranks != 1:
         p.error("--backend local runs one rank: use --ranks 1")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a throwaway local cluster (see /work/shared/NOTES.md)
     work = ReferenceWork(size=a.size, prompts_per_step=a.prompts_per_step, steps=a.steps, warmup_steps=a.warmup)
-    run(work, threads=a.threads, ranks=a.ranks, backend=a.backend, workdir=a.workdir)
+    run(work, threads=a.threads, ranks=a.ranks, backend=a.backend, workdir=a.workdir, init=a.init)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ from benchmarks.reference_work import (
 )
 
 
-def run(work: ReferenceWork, threads: int, workdir: str) -> dict:
+def run(work: ReferenceWork, threads: int, workdir: str, init: str | None = None) -> dict:
     """Train TRL on `work` and return (and print) the measurement record."""
     import torch
 
@@ -55,6 +55,7 @@ def run(work: ReferenceWork, threads: int, workdir: str) -> dict:
     from trl import GRPOConfig, GRPOTrainer
 
     model_dir, prompts_path = build_reference(work, workdir)
+    model_dir = init or model_dir
     rows = read_prompts(prompts_path)
     tokenizer = check_same_token_ids(model_dir, rows)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
@@ -166,9 +167,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=2, help="torch threads of the TRL process (2 = all cores here)")
     p.add_argument("--workdir", default=str(DEFAULT_WORKDIR), help="where the model folder and prompt file are kept")
+    p.add_argument("--init", default=None, help="start from this saved model folder (same shape and tokenizer, e.g. an SFT policy) instead of the reference init")
     a = p.parse_args(argv)
     work = ReferenceWork(size=a.size, prompts_per_step=a.prompts_per_step, steps=a.steps, warmup_steps=a.warmup)
-    run(work, a.threads, a.workdir)
+    run(work, a.threads, a.workdir, init=a.init)
 
 
 if __name__ == "__main__":
