@@ -284,16 +284,29 @@ class Session:
         Counted with the task's rule (`eval_fn`), not the reward model or a custom `reward_fn`."""
         from rlkit.workers.reward_model import rule_scores
 
+        from rlkit.monitor.progress import progress_bar
+
+        if num_prompts is not None and num_prompts < 1:
+            raise ValueError(f"Session.evaluate: num_prompts = {num_prompts}, no eval prompts to evaluate")
         prompts = self.prompts.eval_batch(num_prompts)
+        # Chunks of one rollout batch (samples, not prompts) keep memory what training uses, and let a
+        # progress bar move on a large eval split.
+        per_chunk = max(1, self.config.rollout_batch_size // max(k, 1))
+        starts = range(0, len(prompts), per_chunk)
+        greedy_parts: list[Batch] = []
+        solved = torch.zeros(len(prompts), dtype=torch.bool)
         with self.monitor.stage("eval") as rec:
-            greedy = self.rollout(prompts, greedy=True)
-            greedy = greedy.replace(scores=rule_scores(greedy, self.eval_fn, self.tokenizer))
+            for start in progress_bar(starts, desc="eval", leave=False, disable=len(starts) < 2):
+                chunk = prompts.select(list(range(start, min(start + per_chunk, len(prompts)))))
+                part = self.rollout(chunk, greedy=True)
+                greedy_parts.append(part.replace(scores=rule_scores(part, self.eval_fn, self.tokenizer)))
+                if k:
+                    sampled = self.rollout(chunk, n=k)
+                    correct = rule_scores(sampled, self.eval_fn, self.tokenizer) > 0.5
+                    solved[sampled.group_id[correct] + start] = True  # group ids count within the chunk
+            greedy = Batch.concat(greedy_parts)
             out = {"eval/accuracy": float((greedy.scores > 0.5).float().mean())}
             if k:
-                sampled = self.rollout(prompts, n=k)
-                correct = rule_scores(sampled, self.eval_fn, self.tokenizer) > 0.5
-                solved = torch.zeros(len(prompts), dtype=torch.bool)
-                solved[sampled.group_id[correct]] = True
                 out[f"eval/pass@{k}"] = float(solved.float().mean())
             rec.update(stats=out, batch=greedy)
         self.monitor.log_eval(self.steps_done, out)

@@ -205,3 +205,22 @@ def test_gather_weights_always_generates_the_same_tokens_from_one_gathered_copy(
     assert sync_auto["bytes"] == 0 and sync_always["bytes"] > 0  # the one full copy the gather made
     assert torch.equal(per_layer.response_ids, gathered.response_ids)
     assert torch.allclose(per_layer.rollout_logprobs, gathered.rollout_logprobs, atol=1e-6)
+
+
+def test_evaluate_in_chunks_counts_every_prompt_once(tmp_path):
+    """evaluate() runs one rollout batch (16 samples here) at a time: 40 prompts are 3 greedy chunks."""
+    from rlkit.workers.reward_model import rule_scores
+
+    cfg = tiny_config(tmp_path, cluster={"backend": "local", "threads_per_worker": 1})
+    with rlkit.Session(cfg, reward_fn=parity_reward) as s:
+        s.eval_fn = parity_reward  # an untrained model meets it about half the time
+        prompts = s.prompts.eval_batch(40)
+        whole = s.rollout(prompts, greedy=True)  # all 40 at once: what the chunks must add up to
+        expected = float((rule_scores(whole, parity_reward, s.tokenizer) > 0.5).float().mean())
+        assert 0 < expected < 1
+        assert s.evaluate(num_prompts=40)["eval/accuracy"] == pytest.approx(expected)
+        # pass@4: 16 // 4 = 4 prompts per chunk, 10 chunks; a rule every response meets solves all 40
+        s.eval_fn = lambda text, truth, eos: 1.0
+        assert s.evaluate(num_prompts=40, k=4)["eval/pass@4"] == 1.0
+        with pytest.raises(ValueError, match="no eval prompts"):
+            s.evaluate(num_prompts=0)
