@@ -137,6 +137,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--workdir", default=None, help="folder for the model (default: a temporary one)")
     args = p.parse_args(argv)
 
+    from transformers import AutoModelForCausalLM
+
     import rlkit
     from benchmarks.compute_floor import ModelShape, forward_flops
     from rlkit.batch import Batch
@@ -145,6 +147,10 @@ def main(argv: list[str] | None = None) -> dict:
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="rlkit-gpu-bench-"))
     folder = build_model_folder(args.shape, workdir / args.shape, dtype)
+    # One plain copy of the model on the device: its shape, its bytes, and the source of the copy baseline.
+    reference = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device)
+    shape = ModelShape.of(reference.config)
+    weights = param_bytes(reference)
     batches = [int(b) for b in args.gen_batches.split(",")]
     cfg = rlkit.Config.preset(
         "arithmetic-tiny",
@@ -160,11 +166,8 @@ def main(argv: list[str] | None = None) -> dict:
     out: dict = {"shape": args.shape, "dtype": str(dtype).removeprefix("torch."), "date": time.strftime("%Y-%m-%d")}
     with rlkit.Session(cfg) as s:
         actor = s.roles["actor"]
-        model_cfg = __import__("transformers").AutoConfig.from_pretrained(folder)
-        shape = ModelShape.of(model_cfg)
         dev = describe_device(device)
         out["device"] = dev.name
-        weights = param_bytes(__import__("transformers").AutoModelForCausalLM.from_pretrained(folder, dtype=dtype))
         out["param_bytes"] = weights
 
         # --- the policy update
@@ -203,8 +206,7 @@ def main(argv: list[str] | None = None) -> dict:
                                         "of_roofline": measured / ideal})
         last = actor.last_sync()[0]  # the gathered mode's last sync
         buffer = torch.empty(weights // 2 + 1, dtype=torch.int16, device=device)
-        params = [q for q in __import__("transformers").AutoModelForCausalLM.from_pretrained(
-            folder, dtype=dtype).to(device).parameters()]
+        params = list(reference.parameters())
 
         def copy_once():
             offset = 0

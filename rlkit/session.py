@@ -282,9 +282,8 @@ class Session:
         """Greedy exact-match accuracy on the eval split (and pass@k with k samples per prompt when k > 0).
 
         Counted with the task's rule (`eval_fn`), not the reward model or a custom `reward_fn`."""
-        from rlkit.workers.reward_model import rule_scores
-
         from rlkit.monitor.progress import progress_bar
+        from rlkit.workers.reward_model import rule_scores
 
         if num_prompts is not None and num_prompts < 1:
             raise ValueError(f"Session.evaluate: num_prompts = {num_prompts}, no eval prompts to evaluate")
