@@ -160,7 +160,8 @@ def main(argv: list[str] | None = None) -> dict:
         rollout={"prompts_per_step": args.train_batch, "n": 2, "temperature": 1.0, "max_new_tokens": args.gen_tokens},
         actor={"lr": 1e-6, "mini_batch_size": args.train_batch, "micro_batch_size": args.train_batch},
         critic={"micro_batch_size": args.train_batch},
-        cluster={"backend": "local", "device": args.device},
+        # FSDP2 on the one rank, as bf16 on a GPU always is: the CPU smoke run takes the GPU's code path
+        cluster={"backend": "local", "device": args.device, "shard_one_rank": True},
         logging={"run_dir": str(workdir / "runs"), "dashboard": False},
     ).override({"algo.kl_coef": 0.0})
     out: dict = {"shape": args.shape, "dtype": str(dtype).removeprefix("torch."), "date": time.strftime("%Y-%m-%d")}

@@ -76,9 +76,7 @@ def make_config(work: ReferenceWork, model_dir: str, prompts_path: str, *, ranks
               "use_chat_template": False, "seed": work.seed},
         rollout={"engine": "hf", "prompts_per_step": work.prompts_per_step, "n": work.samples_per_prompt,
                  "temperature": work.temperature, "top_p": 1.0, "top_k": 0, "max_new_tokens": work.max_new_tokens,
-                 "seed": work.seed,
-                 # one rank: gather the 1M model once per generate call instead of a copy per layer per token
-                 "gather_weights": "always"},
+                 "seed": work.seed},
         actor={"lr": work.lr, "weight_decay": 0.0, "warmup_steps": 0, "lr_schedule": "constant", "grad_clip": 1.0,
                "mini_batch_size": work.batch_size, "micro_batch_size": work.batch_size // ranks, "ppo_epochs": 1,
                "entropy_coef": 0.0, "gradient_checkpointing": False, "offload": False,

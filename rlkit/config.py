@@ -117,10 +117,11 @@ class RolloutConfig:
     """Size of the buckets in which actor weights are streamed to the rollout engine, in MiB."""
     gather_weights: str = "auto"
     """How the hf engine reaches the actor's FSDP weights while generating: "auto" gathers every module once
-    per generate call when they are sharded over several ranks, and on one rank leaves FSDP's own
-    layer-by-layer copy (no second copy of the weights ever exists); "always" gathers once on one rank too:
-    fewer copies per token (measured: 22% faster generation on the 1M reference model), at the price of a
-    second copy of the weights during generation."""
+    per generate call when they are sharded over several ranks, and on an FSDP-wrapped single rank (bf16 on
+    one GPU, or `cluster.shard_one_rank`) leaves FSDP's own layer-by-layer copy (no second copy of the weights
+    ever exists); "always" gathers once there too: fewer copies per token (measured: 22% faster generation
+    on the 1M reference model), at the price of a second copy of the weights during generation. A plain
+    one-rank fp32 model has nothing to gather: both values read its parameters in place."""
     vllm_gpu_memory_utilization: float = 0.5
     """Fraction of GPU memory vLLM may take (weights + KV cache); the rest stays with the trainer."""
     vllm_tensor_parallel_size: int = 1
@@ -239,6 +240,10 @@ class ClusterConfig:
     colocated roles fit on a small machine (a slot is a scheduling unit, not a core)."""
     device: str = "auto"
     """Device kind: "auto" (CUDA when available), "cpu" or "cuda"."""
+    shard_one_rank: bool = False
+    """Wrap models in FSDP2 even when their group has one rank. Off: a one-rank fp32 model is a plain module
+    (FSDP2 over one rank gathers nothing but still copies each layer's parameters at every forward and sends
+    every parameter op through DTensor dispatch). Models with bf16 mixed precision (CUDA) are always wrapped."""
 
 
 @dataclass(kw_only=True)

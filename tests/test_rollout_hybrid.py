@@ -46,12 +46,22 @@ def prompts(tokenizer) -> Batch:
 
 @pytest.fixture(scope="module")
 def one_rank(tiny_model_dir):
+    """One rank with FSDP2 anyway (`shard_one_rank`, what bf16 on one GPU gets): FSDP's per-layer copies."""
     roles = {
-        "actor": RoleSpec(HybridActor, kwargs=actor_kwargs(tiny_model_dir)),
+        "actor": RoleSpec(HybridActor, kwargs=actor_kwargs(tiny_model_dir, shard_one_rank=True)),
         # the same model gathered whole on one rank: a second full copy, which the audit must see
-        "copying": RoleSpec(HybridActor, kwargs=actor_kwargs(tiny_model_dir, keep_unsharded=True)),
+        "copying": RoleSpec(HybridActor, kwargs=actor_kwargs(tiny_model_dir, keep_unsharded=True,
+                                                             shard_one_rank=True)),
     }
     with WorkerGroup(None, roles, backend="local") as group:
+        yield group
+
+
+@pytest.fixture(scope="module")
+def one_rank_plain(tiny_model_dir):
+    """One fp32 rank as the Session builds it by default: a plain module, no FSDP."""
+    with WorkerGroup(None, {"actor": RoleSpec(HybridActor, kwargs=actor_kwargs(tiny_model_dir))},
+                     backend="local") as group:
         yield group
 
 
@@ -89,7 +99,7 @@ def masked_max_diff(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> flo
 # ----------------------------------------------------------------------------- acceptance
 
 
-@pytest.mark.parametrize("group", ["one_rank", "two_ranks"], indirect=True)
+@pytest.mark.parametrize("group", ["one_rank_plain", "one_rank", "two_ranks"], indirect=True)
 def test_rollout_logprobs_equal_trainer_logprobs_after_a_learn_step(group, prompts):
     actor = group.actor
     first = actor.generate(prompts, {"seed": 1})
@@ -152,6 +162,16 @@ def test_generation_holds_no_second_copy_of_the_weights(group, prompts, full_mod
         (copying,) = group.copying.last_sync()
         assert copying["param_bytes_peak"] - copying["param_bytes_sharded"] >= full_model_bytes
         assert copying["bytes"] == full_model_bytes
+
+
+def test_a_plain_one_rank_actor_generates_from_its_own_parameters(one_rank_plain, prompts, full_model_bytes):
+    """The default one-rank fp32 actor is not FSDP-wrapped: no gather, no copy, nothing added."""
+    actor = one_rank_plain.actor
+    actor.generate(prompts)
+    (sync,) = actor.last_sync()
+    assert sync["mode"] == "unsharded" and sync["bytes"] == 0 and sync["seconds"] == 0
+    assert sync["param_bytes_sharded"] == full_model_bytes
+    assert sync["param_bytes_peak"] == sync["param_bytes_sharded"]
 
 
 # ----------------------------------------------------------------------------- layout and seeds

@@ -10,10 +10,13 @@ place for the whole generation and freed afterwards:
 
 (`unshard()` on the root alone leaves the decoder layers sharded, and with
 reshard-after-forward on, every layer would be re-gathered at every token.)
-With W = 1 the shard already IS the full parameter and FSDP2's "unshard" is a local
-copy (`FSDPParamGroup.wait_for_unshard`), so gathering everything at once would hold a
-second full copy: there the engine leaves FSDP's per-layer copy in place (one layer at
-a time, freed after its forward) unless `keep_unsharded=True` is asked for.
+With one rank the model is normally a plain module (`ShardedModel.sharded` False): the
+engine reads its parameters as they are, and the sync is empty (mode "unsharded"). When a
+one-rank model is FSDP-wrapped anyway (`shard=True`, or bf16 mixed precision), the shard
+already IS the full parameter and FSDP2's "unshard" is a local copy
+(`FSDPParamGroup.wait_for_unshard`), so gathering everything at once would hold a second
+full copy: there the engine leaves FSDP's per-layer copy in place (one layer at a time,
+freed after its forward) unless `keep_unsharded=True` is asked for.
 
 Sampling is our own loop over transformers' forward with a `DynamicCache` (not
 `generate()`): one place decides positions, EOS, stop strings and the log-prob
@@ -173,8 +176,9 @@ class SyncStats:
     """One weight "sync" of the hf engine: gathering the actor's shards in place for generation."""
 
     mode: str
-    """"gathered" (every FSDP module unsharded for the whole generation) or "per-layer" (FSDP's own
-    per-forward gather, one layer at a time; nothing is held, so the sync is empty)."""
+    """"gathered" (every FSDP module unsharded for the whole generation), "per-layer" (FSDP's own
+    per-forward gather, one layer at a time; nothing is held, so the sync is empty) or "unsharded"
+    (a plain one-rank module: there is nothing to gather)."""
     seconds: float = 0.0
     """Wall time of the unshard (all-gathers included)."""
     bytes: int = 0
@@ -285,6 +289,9 @@ def gathered_for_generation(fsdp_modules: Sequence[nn.Module], root: nn.Module, 
     the root keeps its parameters between forward and backward), then every module is
     resharded, which frees all gathered storage.
     """
+    if not fsdp_modules:  # a plain module: its parameters are the full weights already
+        yield SyncStats(mode="unsharded", world_size=world_size)
+        return
     stats = SyncStats(mode="gathered" if keep_unsharded else "per-layer", world_size=world_size)
     for module in fsdp_modules:
         # Start from shards only: after a forward without backward (log-probs) FSDP2 leaves the

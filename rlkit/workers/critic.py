@@ -85,6 +85,7 @@ class CriticWorker:
         mixed_precision: bool | None = None,
         attn_implementation: str | None = None,
         seed: int = 0,
+        shard_one_rank: bool = False,
         name: str = "critic",
     ):
         """
@@ -104,6 +105,7 @@ class CriticWorker:
             attn_implementation=attn_implementation,
             tokenizer=self.tokenizer,
             seed=seed,
+            shard=True if shard_one_rank else None,
         )
         optim = optim if isinstance(optim, OptimConfig) else OptimConfig(**(optim or {}))
         self.optimizer = Optimizer(self.model.module, optim)
@@ -193,6 +195,7 @@ class CriticWorker:
             "tokenizer_path": cfg.model.tokenizer_path,
             "attn_implementation": cfg.model.attn_implementation,
             "seed": cfg.seed,
+            "shard_one_rank": cfg.cluster.shard_one_rank,
         }
 
 

@@ -87,6 +87,7 @@ class PolicyWorker:
         mixed_precision: bool | None = None,
         attn_implementation: str | None = None,
         seed: int = 0,
+        shard_one_rank: bool = False,
         name: str = "actor",
     ):
         """
@@ -97,6 +98,7 @@ class PolicyWorker:
         epochs: passes over the batch per `update` (PPO epochs).
         temperature: the rollout sampling temperature (log-probs are taken at it).
         offload: keep parameters and optimizer state on CPU between calls (GPU hosts).
+        shard_one_rank: FSDP2-wrap the model even with one rank (`ShardedModel(shard=True)`).
         """
         self.ctx, self.name = ctx, name
         self.tokenizer = load_tokenizer(model, tokenizer_path)
@@ -110,6 +112,7 @@ class PolicyWorker:
             attn_implementation=attn_implementation,
             tokenizer=self.tokenizer,
             seed=seed,
+            shard=True if shard_one_rank else None,
         )
         optim = optim if isinstance(optim, OptimConfig) else OptimConfig(**(optim or {}))
         self.optimizer = Optimizer(self.model.module, optim)
@@ -232,6 +235,7 @@ class PolicyWorker:
             "tokenizer_path": cfg.model.tokenizer_path,
             "attn_implementation": cfg.model.attn_implementation,
             "seed": cfg.seed,
+            "shard_one_rank": cfg.cluster.shard_one_rank,
         }
 
 

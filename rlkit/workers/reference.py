@@ -37,12 +37,14 @@ class ReferenceWorker:
         mixed_precision: bool | None = None,
         attn_implementation: str | None = None,
         seed: int = 0,
+        shard_one_rank: bool = False,
         name: str = "ref",
     ):
         """
         model: the same source as the policy's starting point (hub name, folder or config + seed).
         temperature: the rollout temperature, so reference and policy log-probs are comparable.
         offload: keep parameters on CPU between calls (GPU hosts).
+        shard_one_rank: FSDP2-wrap the model even with one rank (`ShardedModel(shard=True)`).
         """
         self.ctx, self.name = ctx, name
         self.tokenizer = load_tokenizer(model, tokenizer_path)
@@ -55,6 +57,7 @@ class ReferenceWorker:
             attn_implementation=attn_implementation,
             tokenizer=self.tokenizer,
             seed=seed,
+            shard=True if shard_one_rank else None,
         )
         self.micro_batch_size, self.temperature = micro_batch_size, temperature
         self.residency = Residency(self.model, None, offload)
@@ -97,6 +100,7 @@ class ReferenceWorker:
             "tokenizer_path": cfg.model.tokenizer_path,
             "attn_implementation": cfg.model.attn_implementation,
             "seed": cfg.seed,
+            "shard_one_rank": cfg.cluster.shard_one_rank,
         }
 
 

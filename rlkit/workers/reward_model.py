@@ -106,6 +106,7 @@ class RewardModelWorker:
         mixed_precision: bool | None = None,
         attn_implementation: str | None = None,
         seed: int = 0,
+        shard_one_rank: bool = False,
         name: str | None = None,
     ):
         """
@@ -113,6 +114,7 @@ class RewardModelWorker:
         field: the Batch field `score` writes: "scores" (reward model) or "costs" (cost model).
         trainable: build an optimizer and allow `update` (reward-model training).
         micro_batch_size: rows per forward (pairs: must be even).
+        shard_one_rank: FSDP2-wrap the model even with one rank (`ShardedModel(shard=True)`).
         """
         if field not in SCORE_FIELDS:
             raise ValueError(f"RewardModelWorker(field={field!r}): allowed {', '.join(SCORE_FIELDS)}")
@@ -129,6 +131,7 @@ class RewardModelWorker:
             attn_implementation=attn_implementation,
             tokenizer=self.tokenizer,
             seed=seed,
+            shard=True if shard_one_rank else None,
         )
         self.optimizer = None
         if trainable:
@@ -218,6 +221,7 @@ class RewardModelWorker:
             "micro_batch_size": cfg.critic.micro_batch_size,
             "attn_implementation": cfg.model.attn_implementation,
             "seed": cfg.seed,
+            "shard_one_rank": cfg.cluster.shard_one_rank,
         }
 
 

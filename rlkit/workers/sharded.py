@@ -10,7 +10,11 @@ What it does:
   (`AutoModelForCausalLM` for policies, `AutoModelForSequenceClassification` with
   one label for critics and reward models) with the same seed on every rank;
 - `fully_shard`s every decoder layer, then the root; bf16 compute with fp32
-  gradient reduction on CUDA, plain fp32 on CPU;
+  gradient reduction on CUDA, plain fp32 on CPU. With one rank in fp32 (a CPU
+  worker, or one GPU without mixed precision) the model stays a plain module
+  unless `shard=True`: FSDP2 over one rank gathers nothing, yet it copies every
+  layer's parameters at every forward and routes every parameter op through
+  DTensor dispatch (17% of the 1M reference step, see BENCHMARKS.md);
 - runs the forward pass of a `Batch` (prompt + response) and returns what the
   roles need: logits for the response tokens, or one scalar per token;
 - moves its parameters to CPU and back between stages (`offload` / `onload`);
@@ -77,10 +81,11 @@ class ShardedModel:
     """One FSDP2-sharded transformers model on this rank.
 
     Attributes other components rely on:
-    `module` (the FSDP root, an `nn.Module` and `FSDPModule`), `hf_model` (the
-    transformers model inside it: `module` itself for causal LMs), `fsdp_modules`
-    (every FSDP-wrapped submodule, decoder layers first, root last), `device`,
-    `config` (the transformers config), `compute_dtype`.
+    `module` (the FSDP root, an `nn.Module` and `FSDPModule`; a plain `nn.Module` when
+    `sharded` is False), `hf_model` (the transformers model inside it: `module` itself for
+    causal LMs), `fsdp_modules` (every FSDP-wrapped submodule, decoder layers first, root
+    last; empty when not sharded), `sharded`, `device`, `config` (the transformers
+    config), `compute_dtype`.
     """
 
     def __init__(
@@ -95,6 +100,7 @@ class ShardedModel:
         attn_implementation: str | None = None,
         tokenizer: Any = None,
         seed: int = 0,
+        shard: bool | None = None,
     ):
         """
         source: hub name ("Qwen/Qwen2.5-0.5B"), local folder, or a `PretrainedConfig` (random init).
@@ -105,6 +111,8 @@ class ShardedModel:
             None means "on CUDA only". On CPU it is always off (fp32).
         tokenizer: when given, checked against the model's vocabulary.
         seed: seeds every randomly initialised weight identically on every rank.
+        shard: wrap in FSDP2. None = when there is more than one rank or mixed precision is on
+            (FSDP2's MixedPrecisionPolicy does the bf16 casting); False with several ranks is an error.
         """
         if kind not in KINDS:
             raise ValueError(f"ShardedModel(kind={kind!r}): allowed {', '.join(KINDS)}")
@@ -121,6 +129,12 @@ class ShardedModel:
             torch.cuda.set_device(self.device)
         use_mp = self.device.type == "cuda" if mixed_precision is None else mixed_precision
         use_mp = use_mp and self.device.type == "cuda"
+        if shard is None:
+            shard = self.world_size > 1 or use_mp
+        if not shard and (self.world_size > 1 or use_mp):
+            raise ValueError(f"ShardedModel(shard=False) with world_size={self.world_size}, mixed precision "
+                             f"{'on' if use_mp else 'off'}: several ranks and bf16 compute need FSDP2")
+        self.sharded = shard
         self.compute_dtype = torch.bfloat16 if use_mp else torch.float32
         self.source = source if isinstance(source, PretrainedConfig) else os.fspath(source)
 
@@ -144,14 +158,19 @@ class ShardedModel:
         tied = getattr(self.config, "tie_word_embeddings", False) and kind == "causal_lm"
         self.num_matmul_params = self.num_params - (0 if tied else embedding.weight.numel())
 
-        mesh = init_device_mesh(self.device.type, (self.world_size,))
-        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if use_mp else MixedPrecisionPolicy()
-        layers = decoder_layers(hf_model)
-        for layer in layers:
-            fully_shard(layer, mesh=mesh, mp_policy=mp)
-        fully_shard(root, mesh=mesh, mp_policy=mp)
         self.module: nn.Module = root
-        self.fsdp_modules: list[FSDPModule] = [*layers, root]
+        self.fsdp_modules: list[FSDPModule] = []  # empty for a plain (unsharded) module
+        if shard:
+            mesh = init_device_mesh(self.device.type, (self.world_size,))
+            mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if use_mp
+                  else MixedPrecisionPolicy())
+            layers = decoder_layers(hf_model)
+            for layer in layers:
+                fully_shard(layer, mesh=mesh, mp_policy=mp)
+            fully_shard(root, mesh=mesh, mp_policy=mp)
+            self.fsdp_modules = [*layers, root]
+        else:
+            root.to(self.device)
         self.module.train(trainable)  # dropout is off either way; train mode enables checkpointing
         self._offloaded = False
 
