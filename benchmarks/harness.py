@@ -16,10 +16,12 @@ measured steps, then the median / min / max of those over the rounds. Ratios are
 medians, arm / baseline, from the same invocation.
 
 Threads: every arm gets `--threads` cores in all unless it says `@N` (TRL: torch threads of
-its one process; rlkit: `threads // ranks` per worker). `OMP_WAIT_POLICY` is PASSIVE for every arm by
-default: on a machine shared with other jobs, OpenMP's spinning threads make 2-thread
-runs up to 10x slower than 1-thread ones (measured here), which would benchmark the
-neighbours, not the framework.
+its one process; rlkit: `threads // ranks` per worker). `OMP_WAIT_POLICY` is left to OpenMP's
+default (threads spin while they wait) unless `--omp-wait-policy` sets it, for every arm alike. On an
+idle machine the default is what a user gets and the fastest: PASSIVE (threads sleep) made both
+sides' 2-thread steps slower than 1-thread ones. On a machine shared with other jobs, spinning
+threads make 2-thread runs up to 10x slower instead (measured here): use `--omp-wait-policy PASSIVE`
+there, so that the figures do not benchmark the neighbours.
 
 The fp32 matmul peak per core is measured in this process once per round (the best
 single-thread call, see `compute_floor.measure_peak_rate`), and each arm's floor is the
@@ -330,7 +332,8 @@ def main(argv: list[str] | None = None) -> int:
         s.add_argument("--steps", type=int, default=10 if name == "compare" else 3)
         s.add_argument("--warmup", type=int, default=1)
         s.add_argument("--threads", type=int, default=2, help="cores per arm (2 = all of this machine)")
-        s.add_argument("--omp-wait-policy", default="PASSIVE", help="OMP_WAIT_POLICY of every run ('' = unset)")
+        s.add_argument("--omp-wait-policy", default="", help="OMP_WAIT_POLICY of every run ('' = unset: OpenMP's "
+                       "default; PASSIVE on a machine shared with other jobs)")
         s.add_argument("--timeout", type=float, default=600, help="seconds per run")
         s.add_argument("--retries", type=int, default=2, help="re-runs of a failed run (e.g. Ray start-up timeouts)")
         s.add_argument("--workdir", default=str(DEFAULT_WORKDIR))
