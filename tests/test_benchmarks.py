@@ -30,3 +30,14 @@ def test_decode_roofline_counts_weights_and_the_growing_kv_cache():
     seconds = gpu.decode_roofline_seconds(shape, 100, batch=2, prompt_len=5, new_tokens=3, dtype_bytes=2,
                                           bandwidth=1.0)
     assert seconds == pytest.approx(3 * 100 + 2 * 18 * 32)
+
+
+def test_micro_script_times_the_three_calls(tmp_path, capsys):
+    from benchmarks import micro
+
+    out = micro.main(["--size", "1m", "--threads", "1", "--repeats", "1", "--workdir", str(tmp_path)])
+    assert capsys.readouterr().out.count("MICRO_JSON ") == 1
+    (row,) = out["threads"].values()
+    assert set(row) == {"forward", "forward_backward", "decode_step"}
+    for best, median in row.values():
+        assert 0 < best <= median

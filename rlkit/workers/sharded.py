@@ -14,7 +14,7 @@ What it does:
   worker, or one GPU without mixed precision) the model stays a plain module
   unless `shard=True`: FSDP2 over one rank gathers nothing, yet it copies every
   layer's parameters at every forward and routes every parameter op through
-  DTensor dispatch (17% of the 1M reference step, see BENCHMARKS.md);
+  DTensor dispatch (15% of the 1M reference step, see BENCHMARKS.md);
 - runs the forward pass of a `Batch` (prompt + response) and returns what the
   roles need: logits for the response tokens, or one scalar per token;
 - moves its parameters to CPU and back between stages (`offload` / `onload`);
