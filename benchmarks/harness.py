@@ -103,6 +103,8 @@ class Arm:
         cmd = [sys.executable, "-m", f"benchmarks.{self.side}_grpo", "--size", work.size,
                "--prompts-per-step", str(work.prompts_per_step), "--steps", str(work.steps),
                "--warmup", str(work.warmup_steps), "--threads", str(threads), "--workdir", workdir]
+        if work.fixed_length:
+            cmd.append("--fixed-length")
         if self.side == "rlkit":
             cmd += ["--backend", self.backend, "--ranks", str(self.ranks)]
         return cmd
@@ -260,7 +262,8 @@ def _failed(raw: dict) -> bool:
 
 def cmd_compare(a) -> int:
     arms = [Arm.parse(s) for s in a.arms.split(",")]
-    work = ReferenceWork(size=a.size, prompts_per_step=a.prompts, steps=a.steps, warmup_steps=a.warmup)
+    work = ReferenceWork(size=a.size, prompts_per_step=a.prompts, steps=a.steps, warmup_steps=a.warmup,
+                                fixed_length=a.fixed_length)
     t0 = time.perf_counter()
     raw = interleave(arms, work, a.rounds, a.threads, a.workdir, run_env(a.omp_wait_policy), a.timeout, a.retries)
     per_core = max(raw["per_core_gflops"])  # one machine: the best peak of the invocation
@@ -283,7 +286,8 @@ def cmd_scaling(a) -> int:
     t0 = time.perf_counter()
     for size in a.sizes.split(","):
         for prompts in (int(p) for p in a.prompts.split(",")):
-            work = ReferenceWork(size=size, prompts_per_step=prompts, steps=a.steps, warmup_steps=a.warmup)
+            work = ReferenceWork(size=size, prompts_per_step=prompts, steps=a.steps, warmup_steps=a.warmup,
+                                fixed_length=a.fixed_length)
             rows.append((work, interleave(arms, work, a.rounds, a.threads, a.workdir, env, a.timeout, a.retries)))
     failed = any(_failed(raw) for _, raw in rows)
     per_core = max(r for _, raw in rows for r in raw["per_core_gflops"])
@@ -331,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
         s.add_argument("--rounds", type=int, default=3 if name == "compare" else 1)
         s.add_argument("--steps", type=int, default=10 if name == "compare" else 3)
         s.add_argument("--warmup", type=int, default=1)
+        s.add_argument("--fixed-length", action="store_true",
+                       help="every completion exactly 16 tokens on both sides (equal generated tokens)")
         s.add_argument("--threads", type=int, default=2, help="cores per arm (2 = all of this machine)")
         s.add_argument("--omp-wait-policy", default="", help="OMP_WAIT_POLICY of every run ('' = unset: OpenMP's "
                        "default; PASSIVE on a machine shared with other jobs)")

@@ -66,6 +66,11 @@ class ReferenceWork:
     """Steps run first and not measured (allocator, lazy init, first-call overheads)."""
     seed: int = 0
     """Seed of the model initialisation, the prompt draw and the samplers."""
+    fixed_length: bool = False
+    """Every completion exactly `max_new_tokens` long: EOS cannot be drawn before (rlkit
+    `rollout.min_new_tokens`, TRL `generation_kwargs={"min_new_tokens": ...}`), so both sides generate
+    the same number of tokens. Off: completions end at EOS ("up to" 16 tokens), and the two samplers'
+    different draws give slightly different token counts (reported per side)."""
 
     def __post_init__(self) -> None:
         if self.size not in SIZES:

@@ -76,7 +76,7 @@ def make_config(work: ReferenceWork, model_dir: str, prompts_path: str, *, ranks
               "use_chat_template": False, "seed": work.seed},
         rollout={"engine": "hf", "prompts_per_step": work.prompts_per_step, "n": work.samples_per_prompt,
                  "temperature": work.temperature, "top_p": 1.0, "top_k": 0, "max_new_tokens": work.max_new_tokens,
-                 "seed": work.seed},
+                 "seed": work.seed, "min_new_tokens": work.max_new_tokens if work.fixed_length else 0},
         actor={"lr": work.lr, "weight_decay": 0.0, "warmup_steps": 0, "lr_schedule": "constant", "grad_clip": 1.0,
                "mini_batch_size": work.batch_size, "micro_batch_size": work.batch_size // ranks, "ppo_epochs": 1,
                "entropy_coef": 0.0, "gradient_checkpointing": False, "offload": False,
@@ -193,6 +193,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--prompts-per-step", type=int, default=8)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--fixed-length", action="store_true",
+                   help="every completion exactly 16 tokens (EOS suppressed until then): equal generated tokens on both sides")
     p.add_argument("--threads", type=int, default=2, help="torch threads in all, split evenly over the ranks")
     p.add_argument("--ranks", type=int, default=1, help="data-parallel workers (FSDP ranks)")
     p.add_argument("--backend", default="ray", choices=["ray", "local"])
@@ -202,7 +204,8 @@ def main(argv: list[str] | None = None) -> None:
     if a.backend == "local" and a.ranks != 1:
         p.error("--backend local runs one rank: use --ranks 1")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a throwaway local cluster (see /work/shared/NOTES.md)
-    work = ReferenceWork(size=a.size, prompts_per_step=a.prompts_per_step, steps=a.steps, warmup_steps=a.warmup)
+    work = ReferenceWork(size=a.size, prompts_per_step=a.prompts_per_step, steps=a.steps, warmup_steps=a.warmup,
+                         fixed_length=a.fixed_length)
     run(work, threads=a.threads, ranks=a.ranks, backend=a.backend, workdir=a.workdir, init=a.init)
 
 

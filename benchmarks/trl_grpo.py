@@ -125,6 +125,7 @@ def run(work: ReferenceWork, threads: int, workdir: str, init: str | None = None
         per_device_train_batch_size=work.batch_size,
         gradient_accumulation_steps=1,
         max_completion_length=work.max_new_tokens,
+        generation_kwargs={"min_new_tokens": work.max_new_tokens} if work.fixed_length else None,
         num_iterations=1,
         use_vllm=False,
         temperature=work.temperature,
@@ -165,11 +166,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--prompts-per-step", type=int, default=8)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--fixed-length", action="store_true",
+                   help="every completion exactly 16 tokens (EOS suppressed until then): equal generated tokens on both sides")
     p.add_argument("--threads", type=int, default=2, help="torch threads of the TRL process (2 = all cores here)")
     p.add_argument("--workdir", default=str(DEFAULT_WORKDIR), help="where the model folder and prompt file are kept")
     p.add_argument("--init", default=None, help="start from this saved model folder (same shape and tokenizer, e.g. an SFT policy) instead of the reference init")
     a = p.parse_args(argv)
-    work = ReferenceWork(size=a.size, prompts_per_step=a.prompts_per_step, steps=a.steps, warmup_steps=a.warmup)
+    work = ReferenceWork(size=a.size, prompts_per_step=a.prompts_per_step, steps=a.steps, warmup_steps=a.warmup,
+                         fixed_length=a.fixed_length)
     run(work, a.threads, a.workdir, init=a.init)
 
 

@@ -109,6 +109,10 @@ class RolloutConfig:
     """Sample among the k most likely tokens; 0 = off."""
     max_new_tokens: int = 256
     """Maximum generated tokens per response (responses that hit it have no EOS)."""
+    min_new_tokens: int = 0
+    """No sampled response ends before this many tokens (EOS and stop tokens cannot be drawn until then;
+    greedy evaluation ignores it); at most max_new_tokens. Benchmarks set it to max_new_tokens so that
+    every framework generates the same number of tokens."""
     stop: list[str] = field(default_factory=list)
     """Extra stop strings besides EOS."""
     seed: int = 0
@@ -451,6 +455,8 @@ class Config:
             c.fail("actor.warmup_steps", a.warmup_steps, f"must be <= actor.total_steps ({a.total_steps})")
         if self.algo.name in _GROUP_ALGOS and r.n < 2:
             c.fail("rollout.n", r.n, f"must be >= 2 for algo.name = {self.algo.name!r} (advantages are relative to the group)")
+        if not 0 <= r.min_new_tokens <= r.max_new_tokens:
+            c.fail("rollout.min_new_tokens", r.min_new_tokens, f"must be in 0..rollout.max_new_tokens ({r.max_new_tokens})")
         if self.algo.overlong_buffer >= r.max_new_tokens and self.algo.overlong_buffer > 0:
             c.fail("algo.overlong_buffer", self.algo.overlong_buffer,
                    f"must be < rollout.max_new_tokens ({r.max_new_tokens})")

@@ -161,6 +161,7 @@ class Session:
             top_p=r.top_p,
             top_k=r.top_k,
             max_new_tokens=r.max_new_tokens,
+            min_new_tokens=0 if greedy else r.min_new_tokens,  # greedy evaluation reads the model's own ending
             stop=list(r.stop),
         )
         prompts = prompts.replace(group_id=torch.arange(len(prompts)))

@@ -230,6 +230,7 @@ BAD = [
     ({"actor.total_steps": 5, "actor.warmup_steps": 6}, "actor.warmup_steps", 6, "must be <= actor.total_steps (5)"),
     ({"rollout.n": 1, "actor.mini_batch_size": 16}, "rollout.n", 1, "must be >= 2 for algo.name = 'grpo'"),
     ({"algo.overlong_buffer": 6}, "algo.overlong_buffer", 6, "must be < rollout.max_new_tokens (6)"),
+    ({"rollout.min_new_tokens": 7}, "rollout.min_new_tokens", 7, "must be in 0..rollout.max_new_tokens (6)"),
     ({"cluster.backend": "local", "cluster.devices_per_node": 2}, "cluster.backend", "local", "runs one rank"),
     ({"cluster.backend": "local", "cluster.address": "auto"}, "cluster.address", "auto", "needs cluster.backend"),
 ]

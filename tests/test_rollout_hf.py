@@ -97,6 +97,26 @@ def test_max_new_tokens_is_respected_and_all_stopped_batches_end_early(model_and
     assert out.ids.shape == (len(TEXTS), 1) and out.forward_calls == 1
 
 
+def test_min_new_tokens_keeps_rows_going_past_their_eos(model_and_tokenizer, prompts):
+    model, tok = model_and_tokenizer
+    ids, mask = prompts
+    params = SamplingParams(temperature=1.0, max_new_tokens=10)
+    free = run(model, tok, ids, mask, params, generator=torch.Generator().manual_seed(0))
+    eos = free.ids[:, 1].unique().tolist()  # every row's second token is a stop token: all end by step 2
+    assert run(model, tok, ids, mask, params, generator=torch.Generator().manual_seed(0), eos=eos).ids.shape[1] <= 2
+    forced = run(model, tok, ids, mask, params.replace(min_new_tokens=6), generator=torch.Generator().manual_seed(0),
+                 eos=eos)
+    lengths = forced.mask.sum(-1)
+    assert (lengths >= 6).all()
+    assert not torch.isin(forced.ids[:, :5], torch.tensor(eos)).any()  # no stop token among the first 5
+    # only the draw is restricted: the reported log-probs are the full distribution's, as the trainer computes
+    ref = full_forward_logprobs(model, ids, mask, forced.ids, forced.mask, temperature=1.0)
+    torch.testing.assert_close(forced.logprobs, ref, rtol=0, atol=1e-5)
+    exact = run(model, tok, ids, mask, params.replace(min_new_tokens=10), generator=torch.Generator().manual_seed(0),
+                eos=eos)
+    assert exact.ids.shape == (len(TEXTS), 10) and exact.mask.all()  # every response exactly max_new_tokens long
+
+
 def test_sampled_logprobs_equal_a_full_forward_at_the_temperature(model_and_tokenizer, prompts):
     model, tok = model_and_tokenizer
     ids, mask = prompts

@@ -48,7 +48,7 @@ def test_sampling_params_coerce_dict_over_default():
 @pytest.mark.parametrize(
     "field, value",
     [("n", 0), ("temperature", -0.1), ("top_p", 0.0), ("top_p", 1.5), ("top_k", -1), ("max_new_tokens", 0),
-     ("stop", "\n"), ("stop", [""]), ("stop_token_ids", [-1])],
+     ("stop", "\n"), ("stop", [""]), ("stop_token_ids", [-1]), ("min_new_tokens", -1), ("min_new_tokens", 300)],
 )
 def test_sampling_params_errors_name_the_field(field, value):
     with pytest.raises(ValueError, match=f"SamplingParams.{field}="):
@@ -95,6 +95,18 @@ def test_greedy_picks_argmax_and_reports_temperature_one_logprobs():
     z0 = math.log(1 + math.e**2 + math.e)
     z1 = math.log(math.e**3 + 2)
     assert logprobs.tolist() == pytest.approx([2.0 - z0, 3.0 - z1], abs=1e-6)
+
+
+def test_banned_tokens_are_never_drawn_but_logprobs_stay_on_the_full_vocabulary():
+    logits = torch.tensor([[0.0, 2.0, 1.0], [3.0, 0.0, 0.0]])
+    banned = torch.tensor([0, 1])
+    tokens, logprobs = next_tokens(logits, SamplingParams(temperature=0), banned=banned)
+    assert tokens.tolist() == [2, 2]  # the argmax among the allowed tokens
+    z0, z1 = math.log(1 + math.e**2 + math.e), math.log(math.e**3 + 2)
+    assert logprobs.tolist() == pytest.approx([1.0 - z0, 0.0 - z1], abs=1e-6)
+    sampled, _ = next_tokens(logits.repeat(50, 1), SamplingParams(temperature=1.0), torch.Generator().manual_seed(0),
+                             banned=banned)
+    assert (sampled == 2).all()
 
 
 def test_sampled_logprobs_are_full_vocabulary_log_softmax_at_the_temperature():

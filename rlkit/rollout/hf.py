@@ -136,11 +136,12 @@ def sample_responses(
     next_position = mask.sum(-1)  # (b_active,) position of the token being generated
     calls = 1
     for t in range(budget):
-        tokens, logprobs = next_tokens(logits, params, generator)  # (b_active,) each
+        early = t < params.min_new_tokens  # no row may end yet
+        tokens, logprobs = next_tokens(logits, params, generator, banned=stop_ids if early else None)  # (b_active,)
         out_ids[active, t] = tokens
         out_logprobs[active, t] = logprobs
         ended = torch.isin(tokens, stop_ids)
-        if stop_strings:
+        if stop_strings and t + 1 >= params.min_new_tokens:
             ended |= stop_strings.hits(out_ids[active, : t + 1]).to(device)
         lengths[active[ended]] = t + 1
         if t == budget - 1 or bool(ended.all()):

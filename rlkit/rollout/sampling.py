@@ -40,6 +40,11 @@ class SamplingParams:
     """Draw only among the k most likely tokens; 0 = off."""
     max_new_tokens: int = 256
     """Most tokens generated per response; a response that hits it has no EOS (mask is all ones)."""
+    min_new_tokens: int = 0
+    """No response ends before this many tokens: EOS and `stop_token_ids` cannot be drawn (and stop strings
+    do not end a row) until then. Like top-k it only restricts the draw; log-probs stay on the full
+    distribution. `min_new_tokens = max_new_tokens` makes every response exactly that long (equal work
+    in benchmarks)."""
     stop: list[str] = field(default_factory=list)
     """Stop strings: a response ends with the token that completes one (kept in the response and its text)."""
     stop_token_ids: list[int] = field(default_factory=list)
@@ -70,6 +75,8 @@ class SamplingParams:
             ("top_k", self.top_k, isinstance(self.top_k, int) and self.top_k >= 0, "an int >= 0 (0 = off)"),
             ("max_new_tokens", self.max_new_tokens, isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1,
              "an int >= 1"),
+            ("min_new_tokens", self.min_new_tokens, isinstance(self.min_new_tokens, int)
+             and 0 <= self.min_new_tokens <= self.max_new_tokens, f"an int in 0..max_new_tokens ({self.max_new_tokens})"),
         )
         for name, value, ok, want in checks:
             if not ok:
@@ -90,7 +97,7 @@ class SamplingParams:
 
         The config's `seed` is the engine's base seed, not a per-call seed, so it is not copied.
         """
-        names = ("n", "temperature", "top_p", "top_k", "max_new_tokens", "stop")
+        names = ("n", "temperature", "top_p", "top_k", "max_new_tokens", "min_new_tokens", "stop")
         values = {name: getattr(rollout, name) for name in names if hasattr(rollout, name)}
         values["stop"] = list(values.get("stop") or [])
         values.update(overrides)
@@ -147,17 +154,20 @@ def next_tokens(
     logits: torch.Tensor,
     params: SamplingParams,
     generator: torch.Generator | None = None,
+    banned: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Choose one token per row and its log-prob under the trainer's convention.
 
-    logits (b, V) float -> (tokens (b,) long, logprobs (b,) float32).
+    logits (b, V) float -> (tokens (b,) long, logprobs (b,) float32). `banned`: ids that may not be
+    drawn at this step (stop tokens before `min_new_tokens`); the log-probs ignore the ban.
     """
     logits = logits.float()
     scaled = logits / params.logprob_temperature if params.logprob_temperature != 1.0 else logits
+    allowed = scaled if banned is None else scaled.index_fill(-1, banned, float("-inf"))
     if params.greedy:
-        tokens = logits.argmax(-1)
+        tokens = allowed.argmax(-1)
     else:
-        probs = torch.softmax(filter_logits(scaled, params.top_k, params.top_p), dim=-1)  # (b, V)
+        probs = torch.softmax(filter_logits(allowed, params.top_k, params.top_p), dim=-1)  # (b, V)
         tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
     return tokens, logprobs_from_logits(scaled, tokens)
 

@@ -362,7 +362,8 @@ class VLLMEngine:
         requests = [TokensPrompt(prompt_token_ids=r[m.bool()].tolist())
                     for r, m in zip(rows.prompt_ids, rows.prompt_mask)]
         stop_ids = sorted(set(self.eos_ids) | set(params.stop_token_ids))
-        common = dict(max_tokens=params.max_new_tokens, logprobs=0, stop_token_ids=stop_ids, detokenize=False,
+        common = dict(max_tokens=params.max_new_tokens, min_tokens=params.min_new_tokens, logprobs=0,
+                      stop_token_ids=stop_ids, detokenize=False,
                       temperature=0.0 if params.greedy else float(params.temperature))
         if not params.greedy:
             common.update(top_p=float(params.top_p), top_k=int(params.top_k))
