@@ -27,7 +27,9 @@ How the stages are timed:
 Equal work: the run fails if a step reports no learn time, `actor/skipped` != 0 or a number
 of optimizer steps other than 1, so a batch whose advantages are all zero (the usual case
 for an untrained model) is still trained on, exactly once. The reward is the reference
-work's (completion starts with the sum), handed to the Session as `reward_fn`.
+work's (completion starts with the sum), handed to the Session as `reward_fn`. With
+`--fixed-length` every completion is exactly 16 tokens (`rollout.min_new_tokens` = 16), as on the
+TRL side with the same flag: both generate the same number of tokens.
 """
 
 from __future__ import annotations

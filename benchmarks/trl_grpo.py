@@ -6,6 +6,7 @@ TRL is the peer, configured as the issue says: CPU (`use_cpu=True`), fp32 (`bf16
 TRL's default is bf16), `gradient_checkpointing=False` (TRL's default is on), beta 0.04,
 8 generations per prompt, `per_device_train_batch_size` = the whole batch (one update per
 step), `max_completion_length=16`, `num_iterations=1`, no vLLM, AdamW lr 1e-4.
+`--fixed-length` adds `generation_kwargs={"min_new_tokens": 16}`: every completion is 16 tokens.
 
 How the stages are timed (TRL exposes only whole-step numbers):
 - step: `on_step_begin` -> `on_step_end` of a TrainerCallback (generation, scoring,
