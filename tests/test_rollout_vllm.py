@@ -407,6 +407,23 @@ def test_rollout_logprobs_equal_trainer_logprobs_after_a_learn_step_and_sync(gro
 
 @pytest.mark.vllm
 @needs_vllm
+def test_min_new_tokens_keeps_vllm_rows_going_past_their_stop_tokens(one_rank, prompts):
+    actor = one_rank.actor
+    greedy = {"temperature": 0, "n": 1, "max_new_tokens": 8}
+    free = actor.generate(prompts, greedy)
+    stops = free.response_ids[:, 1].unique().tolist()  # every row's second greedy token (or padding)
+    cut = actor.generate(prompts, {**greedy, "stop_token_ids": stops})
+    assert (cut.response_mask.sum(-1) <= 2).all()
+    for sampling in (greedy, {**greedy, "temperature": ROLLOUT["temperature"], "seed": 3}):
+        forced = actor.generate(prompts, {**sampling, "stop_token_ids": stops, "min_new_tokens": 8})
+        assert forced.response_ids.shape == (len(TEXTS), 8) and forced.response_mask.all()
+        assert not torch.isin(forced.response_ids, torch.tensor(stops)).any()  # never drawn before token 8
+    # (vLLM's processed log-probs include its min_tokens step, so unlike the hf engine's they are not the
+    # trainer's at the forced positions: see SamplingParams.min_new_tokens)
+
+
+@pytest.mark.vllm
+@needs_vllm
 def test_greedy_equals_transformers_on_the_exported_weights(two_ranks, prompts, tmp_path):
     from rlkit.data import load_model_and_tokenizer
 

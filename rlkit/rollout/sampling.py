@@ -42,9 +42,11 @@ class SamplingParams:
     """Most tokens generated per response; a response that hits it has no EOS (mask is all ones)."""
     min_new_tokens: int = 0
     """No response ends before this many tokens: EOS and `stop_token_ids` cannot be drawn (and stop strings
-    do not end a row) until then. Like top-k it only restricts the draw; log-probs stay on the full
-    distribution. `min_new_tokens = max_new_tokens` makes every response exactly that long (equal work
-    in benchmarks)."""
+    do not end a row) until then. `min_new_tokens = max_new_tokens` makes every response exactly that long
+    (equal work in benchmarks). The hf engine only restricts the draw, like top-k: its log-probs stay on the
+    full distribution, as the trainer computes them. vLLM's reported log-probs come after its min_tokens
+    step, so before `min_new_tokens` they differ from the trainer's (by 0.01-0.07 nat on a tiny test model);
+    training uses the trainer's log-probs, so only the rollout-vs-trainer diagnostics see it."""
     stop: list[str] = field(default_factory=list)
     """Stop strings: a response ends with the token that completes one (kept in the response and its text)."""
     stop_token_ids: list[int] = field(default_factory=list)
