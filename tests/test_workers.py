@@ -201,6 +201,33 @@ def test_checkpoint_round_trip_is_bit_identical(two_rank_group, tiny_model_dir, 
     assert max_diff(expected, after_save) > 0  # step k+1 moved the weights
 
 
+def test_checkpoint_of_a_plain_one_rank_model_loads_into_two_fsdp_ranks_and_back(two_rank_group, tiny_model_dir,
+                                                                                  tmp_path):
+    """A one-rank fp32 model is a plain module; its checkpoint must resume on FSDP2 ranks, and theirs on it."""
+    batch = make_batch(8, seed=5)
+    spec = {"actor": RoleSpec(PolicyWorker, kwargs={"model": str(tiny_model_dir), "optim": {"lr": 1e-2},
+                                                     "micro_batch_size": 2})}
+    with WorkerGroup(None, spec, backend="local") as one:
+        one.actor.update(batch, pg_loss)
+        one.actor.save_checkpoint(tmp_path / "plain", extra={"step": 1})
+        saved = one.actor.full_state_dict()
+        next_loss = one.actor.update(batch, pg_loss)[0]["actor/loss"]
+        assert max_diff(one.actor.full_state_dict(), saved) > 0  # a snapshot: the step did not change it
+    pool = ResourcePool(nodes=1, devices_per_node=2)
+    with WorkerGroup(pool, spec, backend="ray", threads_per_worker=1) as two:
+        assert two.actor.load_checkpoint(tmp_path / "plain") == {"step": 1}
+        assert all(torch.equal(v, saved[k]) for k, v in two.actor.full_state_dict().items())
+        resumed = two.actor.update(batch, pg_loss)[0]
+        assert two.actor.optimizer_steps() == 2  # the AdamW state and schedule came along
+        two.actor.save_checkpoint(tmp_path / "sharded", extra={"step": 2})
+        sharded = two.actor.full_state_dict()
+    pool.close()
+    assert resumed["actor/loss"] == pytest.approx(next_loss, rel=1e-6)
+    with WorkerGroup(None, spec, backend="local") as back:
+        assert back.actor.load_checkpoint(tmp_path / "sharded") == {"step": 2}
+        assert all(torch.equal(v, sharded[k]) for k, v in back.actor.full_state_dict().items())
+
+
 # ----------------------------------------------------------------------------- HF export
 
 

@@ -237,6 +237,10 @@ class ShardedModel:
         """
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         state = get_model_state_dict(self.module, options=options)
+        if not self.sharded and self.device.type == "cpu":
+            # a plain CPU module's state dict holds the live parameters: snapshot them, as a gather would,
+            # so a later optimizer step does not change what the caller holds
+            state = {key: value.detach().clone() for key, value in state.items()}
         if self.kind == "token_scores":
             state = {key.removeprefix("hf."): value for key, value in state.items()}
         return state
