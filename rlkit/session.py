@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from rlkit.algos.base import get_algorithm
+from rlkit.algos.base import get_algorithm, spec_of, spec_problems
 from rlkit.batch import Batch
 from rlkit.cluster import RoleSpec
 from rlkit.cluster.runtime import ClusterRuntime
@@ -68,7 +68,8 @@ class Session:
         address = address if address is not None else cluster.address
         num_cpus = num_cpus if num_cpus is not None else cluster.num_cpus
         self.runtime = ClusterRuntime.acquire(self.backend, address, num_cpus, cluster=cluster)
-        """The cluster lifecycle: Ray start/join/shutdown, and every pool and worker group made under it."""
+        """The cluster lifecycle: Ray start/join/shutdown, and the pools and worker groups made with its
+        `make_pool` / `make_group` (closed with it)."""
         self.group = None
         """The colocated worker group (roles: actor, and ref / critic / reward when the algorithm needs them)."""
         if not build_workers:
@@ -89,7 +90,15 @@ class Session:
 
         cfg = self.config
         self.algo = get_algorithm(algorithm if algorithm is not None else cfg.algo.name, cfg)
-        """The algorithm object: its `generate` / `prepare` / `actor_loss` / `after_learn` hooks."""
+        """The algorithm object: its `spec` and `generate` / `prepare` / `actor_loss` / `after_learn` hooks."""
+        self.spec = spec_of(self.algo)
+        """What the algorithm needs (`rlkit.algos.base.AlgorithmSpec`): roles, group size, KL placement."""
+        if algorithm is not None:  # a passed object's spec was not seen by Config.validate()
+            problems = spec_problems(self.spec, cfg, getattr(self.algo, "name", type(self.algo).__name__))
+            if problems:
+                from rlkit.config import ConfigError
+
+                raise ConfigError("\n".join(problems))
         self.run_dir = run_directory(cfg)
         """Where this run's stats, plots, samples and checkpoints are written."""
         self.model_path = resolve_model(cfg, self.run_dir)
@@ -102,12 +111,16 @@ class Session:
         """The task's own rule (exact answer then EOS): what `evaluate` counts, whatever trains the policy."""
         self.reward_fn = reward_fn or rules[0]
         self.cost_fn = cost_fn or rules[1]
+        if self.spec.needs_costs and self.cost_fn is None and not cfg.model.cost_model_path:
+            raise ValueError(f"algo.name = {self.algo.name!r} needs costs: set model.cost_model_path, pass "
+                             f"Session(cost_fn=...), or use a data.source whose task has a cost rule "
+                             f"(data.source = {cfg.data.source!r} has none)")
 
         model_cfg = cfg.override({"model.path": str(self.model_path)})
         specs = {"actor": RoleSpec(HybridActor, kwargs=HybridActor.kwargs_from_config(model_cfg))}
-        if self.algo.uses_reference:
+        if self.spec.needs_reference:
             specs["ref"] = RoleSpec(ReferenceWorker, kwargs=ReferenceWorker.kwargs_from_config(model_cfg))
-        if self.algo.uses_critic:
+        if self.spec.needs_critic:
             specs["critic"] = RoleSpec(CriticWorker, kwargs=CriticWorker.kwargs_from_config(model_cfg))
         if cfg.model.reward_model_path:
             specs["reward"] = RoleSpec(RewardModelWorker, kwargs=RewardModelWorker.kwargs_from_config(model_cfg))
@@ -169,18 +182,46 @@ class Session:
 
     def score(self, batch: Batch) -> Batch:
         """`scores` (B,) from the reward model or rule, and `costs` (B,) when a cost model/rule exists."""
+        return self.compute(batch, "scores")
+
+    def compute(self, batch: Batch, *fields: str) -> Batch:
+        """`batch` with `fields` computed: "scores" (and `costs` when a cost model/rule exists), "old_logprobs",
+        "ref_logprobs", "values". The worker calls are submitted together, the rule rewards run on the driver
+        meanwhile, and all are joined: roles on different devices (`cluster.placement = "split"`) run side
+        by side, so the stage takes about the longest call instead of their sum."""
         from rlkit.workers.reward_model import rule_scores
 
-        fields = {}
-        if "reward" in self.roles:
-            fields["scores"] = self.roles["reward"].score(batch).scores
-        else:
-            fields["scores"] = rule_scores(batch, self.reward_fn, self.tokenizer)
-        if "cost" in self.roles:
-            fields["costs"] = self.roles["cost"].score(batch).costs
-        elif self.cost_fn is not None:
-            fields["costs"] = rule_scores(batch, self.cost_fn, self.tokenizer)
-        return batch.replace(**fields)
+        unknown = [f for f in fields if f not in COMPUTABLE_FIELDS]
+        if unknown:
+            raise ValueError(f"Session.compute: cannot compute {', '.join(map(repr, unknown))}; "
+                             f"allowed: {', '.join(COMPUTABLE_FIELDS)}")
+        pending = {}  # Batch field -> future of a Batch holding it
+        if "old_logprobs" in fields and not self.old_logprobs_skippable(batch):
+            pending["old_logprobs"] = self._role("actor", "old_logprobs").compute_logprobs.submit(batch, "old_logprobs")
+        if "ref_logprobs" in fields:
+            pending["ref_logprobs"] = self._role("ref", "ref_logprobs").compute_logprobs.submit(batch, "ref_logprobs")
+        if "values" in fields:
+            pending["values"] = self._role("critic", "values").compute_values.submit(batch)
+        if "scores" in fields:
+            if "reward" in self.roles:
+                pending["scores"] = self.roles["reward"].score.submit(batch)
+            if "cost" in self.roles:
+                pending["costs"] = self.roles["cost"].score.submit(batch)
+        computed = {}
+        if "scores" in fields:  # driver-side rules overlap with the worker calls in flight
+            if "reward" not in self.roles:
+                computed["scores"] = rule_scores(batch, self.reward_fn, self.tokenizer)
+            if "cost" not in self.roles and self.cost_fn is not None:
+                computed["costs"] = rule_scores(batch, self.cost_fn, self.tokenizer)
+        for name, future in pending.items():
+            computed[name] = getattr(future.result(), name)
+        return batch.replace(**computed)
+
+    def _role(self, role: str, field: str):
+        if role not in self.roles:
+            raise ValueError(f"Session.compute: {field} need the {role!r} role, which this session did not build "
+                             f"(algorithm {self.algo.name!r}: spec {self.spec})")
+        return self.roles[role]
 
     def compute_old_logprobs(self, batch: Batch, *, force: bool = False) -> Batch:
         """`old_logprobs` (B, T) under the current policy; left out (None) when `actor.skip_old_logprobs`
@@ -190,30 +231,57 @@ class Session:
         return batch.replace(old_logprobs=self.roles["actor"].compute_logprobs(batch, "old_logprobs").old_logprobs)
 
     def old_logprobs_skippable(self, batch: Batch) -> bool:
-        """True when `actor.skip_old_logprobs` is on and `batch` gets exactly one optimizer step (one
-        mini-batch, one epoch): then the policy loss takes its own detached log-probs as the old ones."""
+        """True when `actor.skip_old_logprobs` is on, `batch` gets exactly one optimizer step (one mini-batch,
+        one epoch) and the algorithm does not read them itself (a KL in the reward does): then the policy loss
+        takes its own detached log-probs as the old ones."""
         a = self.config.actor
-        return a.skip_old_logprobs and a.ppo_epochs == 1 and len(batch) <= a.mini_batch_size
+        return (a.skip_old_logprobs and a.ppo_epochs == 1 and len(batch) <= a.mini_batch_size
+                and not self.spec.reads_old_logprobs_in_prepare)
 
     def compute_ref_logprobs(self, batch: Batch) -> Batch:
-        return batch.replace(ref_logprobs=self.roles["ref"].compute_logprobs(batch, "ref_logprobs").ref_logprobs)
+        return self.compute(batch, "ref_logprobs")
 
     def compute_values(self, batch: Batch) -> Batch:
-        return batch.replace(values=self.roles["critic"].compute_values(batch).values)
+        return self.compute(batch, "values")
 
     def update_actor(self, batch: Batch) -> dict:
-        from rlkit.workers import interleave_minibatches
-
-        actor = self.roles["actor"]
-        ordered = interleave_minibatches(batch, self._group_of["actor"].world_size, self.config.actor.mini_batch_size)
-        return actor.update(ordered, self.algo.actor_loss)[0]
+        """The policy update on `batch`; metrics are all-reduced on the workers, and the per-rank
+        measurements (time, memory, throughput) are reduced by `reduce_rank_stats`."""
+        ordered = self._epoch_order(batch, self._group_of["actor"].world_size)
+        return reduce_rank_stats(self.roles["actor"].update(ordered, self.algo.actor_loss, epochs=1))
 
     def update_critic(self, batch: Batch) -> dict:
+        """The critic update on the same mini-batches as the actor's (see `update_actor`)."""
+        ordered = self._epoch_order(batch, self._group_of["critic"].world_size)
+        return reduce_rank_stats(self.roles["critic"].update(ordered, epochs=1))
+
+    def _epoch_order(self, batch: Batch, world_size: int) -> Batch:
+        """`actor.ppo_epochs` passes over `batch` laid end to end, in the row order the workers' mini-batches
+        take (see `interleave_minibatches`): with several epochs every pass is a fresh permutation, seeded by
+        the run's seed, the step and the epoch (so mini-batches differ between epochs, as in cleanrl)."""
         from rlkit.workers import interleave_minibatches
 
-        critic = self.roles["critic"]
-        ordered = interleave_minibatches(batch, self._group_of["critic"].world_size, self.config.actor.mini_batch_size)
-        return critic.update(ordered)[0]
+        epochs, mini = self.config.actor.ppo_epochs, self.config.actor.mini_batch_size
+        if epochs == 1:
+            return interleave_minibatches(batch, world_size, mini)
+        passes = []
+        for epoch in range(epochs):
+            gen = torch.Generator().manual_seed(hash((self.config.seed, self.steps_done, epoch)) % 2**63)
+            order = torch.randperm(len(batch), generator=gen)
+            passes.append(interleave_minibatches(batch.select(order), world_size, mini))
+        return Batch.concat(passes)
+
+    def sync_weights(self) -> dict:
+        """Bring every rollout engine up to date with the actor's weights; `time/sync`, `weight_sync/bytes` (what
+        one engine received, max over ranks) and `weight_sync/seconds` in the step's stats and the dashboard.
+        `learn` ends with it, so the next `generate` starts on current weights and makes no sync of its own
+        (`rollout/fallback_sync` = 0 in its stats). The hf engine generates on the actor's own parameters: its
+        sync moves 0 bytes. (`sync/*` keys are the weight preparation inside `generate`, see `memory_stats`.)"""
+        with self.monitor.stage("sync") as rec:
+            per_rank = self.roles["actor"].sync_weights()
+            rec.update(stats={f"weight_sync/{k}": max(float(r[k]) for r in per_rank)
+                              for k in ("seconds", "bytes") if all(k in r for r in per_rank)})
+        return self.monitor.last_stage_stats("sync")
 
     # ------------------------------------------------------------------ the stages (notebook cells)
 
@@ -239,22 +307,22 @@ class Session:
         return batch
 
     def learn(self, batch: Batch) -> dict:
-        """Stage 3: critic then actor update (mini-batches x `actor.ppo_epochs`); returns the step stats."""
-        needed = ("advantages",) if self.old_logprobs_skippable(batch) else ("advantages", "old_logprobs")
-        _require(batch, needed, "learn", "run s.prepare(batch) first")
+        """Stage 3: critic then actor update (mini-batches x `actor.ppo_epochs`), then the weight sync to the
+        rollout engines (`sync_weights`); returns the learn and sync stats."""
+        skip = ("old_logprobs",) if self.old_logprobs_skippable(batch) else ()
+        _require(batch, tuple(f for f in self.spec.learn_fields if f not in skip), "learn", "run s.prepare(batch) first")
         self._check_batch_fits(batch, "learn")
         stats: dict[str, float] = {}
         with self.monitor.stage("learn") as rec:
-            if getattr(self.algo, "uses_critic", False):
+            if self.spec.needs_critic:
                 stats.update(self.update_critic(batch))
             stats.update(self.update_actor(batch))
             hook = getattr(self.algo, "after_learn", None)
             if hook is not None:
                 stats.update(hook(self, batch, stats))
             rec.update(tokens=float(batch.num_tokens()), stats=stats)
-        # The hf engine generates from the actor's own (unsharded in place) parameters:
-        # nothing to copy. Its unshard cost is reported by the engine in `generate`.
-        return self.monitor.last_stage_stats("learn")
+        learned = self.monitor.last_stage_stats("learn")
+        return {**learned, **self.sync_weights()}
 
     def step(self) -> dict:
         """One RL step: generate, prepare, learn. Returns the step's stats (also logged)."""
@@ -370,6 +438,40 @@ class Session:
         algo = getattr(getattr(self, "algo", None), "name", None)
         return f"<rlkit.Session backend={self.backend!r} algo={algo!r} steps={getattr(self, 'steps_done', 0)} " \
                f"{'closed' if self.closed else 'live'}>"
+
+
+# What `Session.compute` (an algorithm's `s.compute(batch, ...)`) can add to a batch.
+COMPUTABLE_FIELDS = ("scores", "old_logprobs", "ref_logprobs", "values")
+
+# Per-rank measurement suffixes and how ranks combine: the slowest rank sets the time and the fullest
+# one the memory (max); counts and rates add up over ranks (sum); utilisation is the ranks' mean.
+_RANK_MAX = ("/seconds", "/host_rss_gb", "/host_peak_rss_gb", "/cuda_peak_gb")
+_RANK_SUM = ("/tokens_per_s", "/flops")
+_RANK_MEAN = ("/mfu",)
+
+
+def reduce_rank_stats(per_rank: list[dict[str, float]]) -> dict[str, float]:
+    """One stats dict from a role's per-rank `update` results.
+
+    The loss metrics (`actor/pg_loss`, `actor/kl`, ...) are already all-reduced on the workers (identical on
+    every rank: their mean is that value). Each rank's own measurements of the call (`<role>/<call>/<name>`)
+    combine as `_RANK_MAX` / `_RANK_SUM` / `_RANK_MEAN` say; a call's `tokens` are summed (each rank counts
+    its own rows), and anything else is averaged over ranks.
+    """
+    if not per_rank:
+        return {}
+    keys = list(dict.fromkeys(k for r in per_rank for k in r))
+    out = {}
+    for key in keys:
+        values = [float(r[key]) for r in per_rank if key in r]
+        measured = key.count("/") >= 2  # <role>/<call>/<name>: a per-rank measurement
+        if measured and key.endswith(_RANK_MAX):
+            out[key] = max(values)
+        elif measured and (key.endswith(_RANK_SUM) or key.endswith("/tokens")):
+            out[key] = sum(values)
+        else:
+            out[key] = sum(values) / len(values)
+    return out
 
 
 def placement_of(cfg: Config, roles: list[str], backend: str) -> list[tuple[list[str], int]]:

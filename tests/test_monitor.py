@@ -101,6 +101,7 @@ def test_panel_mapping():
     assert panel_for("critic/vf_loss") == (titles.index("loss"), "critic/vf_loss")
     assert panel_for("eval/pass@k") == (titles.index("eval"), "pass@k")
     assert panel_for("actor/lr") is None and panel_for("sync/bytes") is None
+    assert panel_for("weight_sync/bytes") == (titles.index("weight sync (bytes per engine)"), "bytes")
     assert panel_for("memory/actor/rss_gib_extra") is None  # full match only
 
 

@@ -147,9 +147,11 @@ def test_registered_algorithm_by_name(ray_cluster, tmp_path):
         assert "ref" not in s.roles  # the algorithm said it needs no reference model
 
 
-def test_unknown_algorithm_is_a_clear_error(ray_cluster, tmp_path):
-    with pytest.raises(ValueError, match="unknown algorithm.*grpo"):
-        rlkit.Session(tiny_config(tmp_path, algo="nope"))
+def test_unknown_algorithm_is_a_clear_error_before_any_worker_starts(tmp_path):
+    with pytest.raises(ValueError, match="algo.name = 'nope': unknown algorithm.*grpo"):
+        tiny_config(tmp_path, algo="nope")
+    with pytest.raises(ValueError, match="did you mean 'safe_rlhf'"):
+        tiny_config(tmp_path, algo="safe-rlhf")
 
 
 @pytest.mark.parametrize("placement", ["split", "auto"])
@@ -225,3 +227,21 @@ def test_evaluate_in_chunks_counts_every_prompt_once(tmp_path):
         assert s.evaluate(num_prompts=40, k=4)["eval/pass@4"] == 1.0
         with pytest.raises(ValueError, match="no eval prompts"):
             s.evaluate(num_prompts=0)
+
+
+def test_learn_ends_with_the_weight_sync_and_the_next_generate_makes_none(tmp_path):
+    cfg = tiny_config(tmp_path, cluster={"backend": "local", "threads_per_worker": 1})
+    with rlkit.Session(cfg, reward_fn=parity_reward) as s:
+        batch = s.prepare(s.generate())
+        stats = s.learn(batch)
+        assert "time/sync" in stats and stats["weight_sync/bytes"] == 0  # hf: generates on the actor's own weights
+        assert s.monitor.stages["sync"]["time/sync"] == stats["time/sync"]  # its own stage (and dashboard point)
+        assert s.dashboard.stage_counts["sync"] == 1
+        s.generate()
+        assert s.monitor.stages["generate"]["rollout/fallback_sync"] == 0.0  # the weights were current
+        # An update made behind the Session's back (the role called directly) leaves the engine stale:
+        # the next generate syncs first and says so.
+        s.roles["actor"].update(batch, s.algo.actor_loss)
+        with pytest.warns(UserWarning, match="sync_weights"):
+            s.generate()
+        assert s.monitor.stages["generate"]["rollout/fallback_sync"] == 1.0

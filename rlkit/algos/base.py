@@ -1,31 +1,91 @@
-"""What an algorithm is, and how rlkit finds one by name.
+"""What an algorithm is, the facts it declares about itself, and how rlkit finds one by name.
 
-An algorithm is a small object with three hooks over the Session's stages
+An algorithm is a small object with a few hooks over the Session's stages
 (HybridFlow's claim: PPO, ReMax and Safe-RLHF differ by a few lines):
 
-    generate(stages, prompts) -> Batch      # rollouts (ReMax adds a greedy one)
-    prepare(stages, batch)    -> Batch      # scores, log-probs, values, advantages
+    spec                                     # AlgorithmSpec: the facts below, declared once
+    generate(stages, prompts) -> Batch       # optional: rollouts (ReMax adds a greedy one)
+    prepare(stages, batch)    -> Batch       # scores, log-probs, values, advantages
     actor_loss                               # picklable loss_fn(outputs, mb, global_tokens, global_seqs)
-    after_learn(stages, batch, stats) -> dict  # controllers (adaptive KL, Lagrange multiplier)
+    after_learn(stages, batch, stats) -> dict  # optional: controllers (adaptive KL, Lagrange multiplier)
 
-plus the flags `uses_critic` / `uses_reference`, which tell the Session which
-worker roles to build. `stages` is the Session; the methods algorithms may call on
-it are listed in `Stages` below, so an algorithm never touches worker code.
+`spec` is what every other part reads: the Session builds the worker roles it
+asks for, `Config.validate()` checks the config against it (`config_problems`),
+and the planner plans the dataflow it describes. No table elsewhere repeats it.
+`stages` is the Session; the methods algorithms may call on it are listed in
+`Stages` below, so an algorithm never touches worker code.
 
 Lookup: `get_algorithm("grpo", cfg)` imports `rlkit.algos.grpo` and calls the
-`ALGORITHM` factory it defines (no chain of `elif` over names). A user can pass an
+`ALGORITHM` factory it defines (no chain of `elif` over names): every module of
+this package that defines `ALGORITHM` is a built-in algorithm. A user can pass an
 algorithm object instead of a name, or `register_algorithm(name, factory)` one
 defined in a notebook cell.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
-from typing import TYPE_CHECKING, Any, Callable, Protocol, runtime_checkable
+import pkgutil
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Literal, Protocol, runtime_checkable
 
 if TYPE_CHECKING:  # import cycles: the config and batch are data, not behaviour
     from rlkit.batch import Batch
     from rlkit.config import Config
+
+KL_PLACES = ("loss", "reward")
+
+
+@dataclass(frozen=True)
+class AlgorithmSpec:
+    """The facts about one algorithm that the Session, the config checks and the planner read."""
+
+    needs_critic: bool = False
+    """A value model is built and trained (PPO)."""
+    needs_reference: bool = False
+    """A frozen reference policy is built for the KL term (usually `algo.kl_coef > 0`)."""
+    group_relative: bool = False
+    """Advantages compare the samples of one prompt with each other: needs `rollout.n >= 2`."""
+    kl_in: Literal["loss", "reward"] | None = None
+    """Where the KL to the reference goes: a loss term ("loss"), subtracted from the rewards ("reward"),
+    or nowhere (None, no reference model)."""
+    greedy_baseline: bool = False
+    """`generate` adds one greedy response per prompt as the baseline (ReMax)."""
+    needs_costs: bool = False
+    """`score` must also give `costs` (a cost rule or `model.cost_model_path`): Safe-RLHF."""
+    learn_fields: tuple[str, ...] = ("advantages", "old_logprobs")
+    """Batch fields `learn` reads (`old_logprobs` may be absent under `actor.skip_old_logprobs`)."""
+
+    def __post_init__(self):
+        if self.kl_in not in (*KL_PLACES, None):
+            raise ValueError(f"AlgorithmSpec.kl_in = {self.kl_in!r}: must be one of {KL_PLACES} or None")
+        if self.kl_in is not None and not self.needs_reference:
+            raise ValueError(f"AlgorithmSpec.kl_in = {self.kl_in!r} needs needs_reference=True (the KL is to it)")
+
+    @property
+    def prepare_fields(self) -> tuple[str, ...]:
+        """The fields `prepare` computes on the workers and the reward rule (for `Stages.compute`)."""
+        fields = ["scores", "old_logprobs"]
+        if self.needs_reference:
+            fields.append("ref_logprobs")
+        if self.needs_critic:
+            fields.append("values")
+        return tuple(fields)
+
+    @property
+    def reads_old_logprobs_in_prepare(self) -> bool:
+        """The KL penalty in the reward reads `old_logprobs` while preparing: they cannot be skipped."""
+        return self.kl_in == "reward"
+
+
+def kl_spec(cfg: "Config", *, default_in: Literal["loss", "reward"] = "loss") -> dict[str, Any]:
+    """`needs_reference` and `kl_in` of an algorithm whose KL term follows `algo.kl_coef` / `algo.kl_in_reward`:
+    no reference model when `kl_coef == 0`; the KL goes to the reward when `algo.kl_in_reward` (or when the
+    algorithm's own `default_in` is "reward": PPO, REINFORCE++)."""
+    if cfg.algo.kl_coef <= 0:
+        return {"needs_reference": False, "kl_in": None}
+    return {"needs_reference": True, "kl_in": "reward" if cfg.algo.kl_in_reward else default_in}
 
 
 class Stages(Protocol):
@@ -38,6 +98,11 @@ class Stages(Protocol):
 
     def next_prompts(self) -> "Batch":
         """The next `rollout.prompts_per_step` prompts of the training set (DAPO's refills)."""
+
+    def compute(self, batch: "Batch", *fields: str) -> "Batch":
+        """`batch` with `fields` ("scores", "old_logprobs", "ref_logprobs", "values") computed: the
+        independent worker calls are submitted together and joined (they run side by side when their
+        roles live on different devices)."""
 
     def score(self, batch: "Batch") -> "Batch":
         """`scores` (B,) and, when a cost function/model is configured, `costs` (B,)."""
@@ -55,8 +120,7 @@ class Stages(Protocol):
 @runtime_checkable
 class Algorithm(Protocol):
     name: str
-    uses_critic: bool
-    uses_reference: bool
+    spec: AlgorithmSpec
 
     def prepare(self, stages: Stages, batch: "Batch") -> "Batch": ...
 
@@ -70,8 +134,17 @@ class Algorithm(Protocol):
 AlgorithmFactory = Callable[["Config"], Algorithm]
 _REGISTRY: dict[str, AlgorithmFactory] = {}
 
-# Names shipped with rlkit; each is a module `rlkit.algos.<name>` defining `ALGORITHM`.
-BUILTIN = ("ppo", "grpo", "dr_grpo", "dapo", "gspo", "remax", "rloo", "reinforce_pp", "safe_rlhf")
+
+@functools.cache
+def builtin_algorithms() -> tuple[str, ...]:
+    """Module names of this package that define `ALGORITHM` (found by importing them, not by a list)."""
+    import rlkit.algos as package
+
+    names = []
+    for info in pkgutil.iter_modules(package.__path__):
+        if not info.ispkg and hasattr(importlib.import_module(f"rlkit.algos.{info.name}"), "ALGORITHM"):
+            names.append(info.name)
+    return tuple(sorted(names))
 
 
 def register_algorithm(name: str, factory: AlgorithmFactory) -> None:
@@ -80,7 +153,28 @@ def register_algorithm(name: str, factory: AlgorithmFactory) -> None:
 
 
 def available_algorithms() -> list[str]:
-    return sorted(set(BUILTIN) | set(_REGISTRY))
+    return sorted(set(builtin_algorithms()) | set(_REGISTRY))
+
+
+def unknown_algorithm_message(name: str) -> str:
+    close = name.replace("-", "_")
+    hint = f" (did you mean {close!r}?)" if close != name and close in available_algorithms() else ""
+    return (f"algo.name = {name!r}: unknown algorithm{hint}; available: {', '.join(available_algorithms())} "
+            "(or register_algorithm(name, factory) for your own)")
+
+
+def spec_of(algo: Any) -> AlgorithmSpec:
+    """The algorithm's `spec`. An object written before specs existed (flags `uses_critic` /
+    `uses_reference`) gets the spec those flags describe, with a KL loss term when it has a reference."""
+    spec = getattr(algo, "spec", None)
+    if isinstance(spec, AlgorithmSpec):
+        return spec
+    if spec is not None:
+        raise TypeError(f"algorithm {type(algo).__name__}: spec must be an rlkit.algos.base.AlgorithmSpec, "
+                        f"got {type(spec).__name__}")
+    reference = bool(getattr(algo, "uses_reference", False))
+    return AlgorithmSpec(needs_critic=bool(getattr(algo, "uses_critic", False)), needs_reference=reference,
+                         kl_in="loss" if reference else None)
 
 
 def get_algorithm(name_or_algo: "str | Algorithm", cfg: "Config") -> Algorithm:
@@ -92,14 +186,34 @@ def get_algorithm(name_or_algo: "str | Algorithm", cfg: "Config") -> Algorithm:
                 f"algorithm object {type(name_or_algo).__name__} lacks {', '.join(missing)}; "
                 "see rlkit.algos.base.Algorithm for the hooks an algorithm defines"
             )
+        spec_of(name_or_algo)  # a malformed spec fails here, before any worker starts
         return name_or_algo
     name = name_or_algo
     if name not in _REGISTRY:
-        if name not in BUILTIN:
-            raise ValueError(
-                f"algo.name = {name!r}: unknown algorithm; available: {', '.join(available_algorithms())} "
-                "(or register_algorithm(name, factory) for your own)"
-            )
-        module = importlib.import_module(f"rlkit.algos.{name}")
-        _REGISTRY[name] = module.ALGORITHM
-    return _REGISTRY[name](cfg)
+        if name not in builtin_algorithms():
+            raise ValueError(unknown_algorithm_message(name))
+        _REGISTRY[name] = importlib.import_module(f"rlkit.algos.{name}").ALGORITHM
+    algo = _REGISTRY[name](cfg)
+    spec_of(algo)
+    return algo
+
+
+def spec_problems(spec: AlgorithmSpec, cfg: "Config", name: str) -> list[str]:
+    """What in `cfg` contradicts `spec`, as `field = value: rule` messages (empty: nothing)."""
+    problems = []
+    if spec.group_relative and cfg.rollout.n < 2:
+        problems.append(f"rollout.n = {cfg.rollout.n}: must be >= 2 for algo.name = {name!r} "
+                        "(its advantages are relative to the group of samples of one prompt)")
+    return problems
+
+
+def config_problems(cfg: "Config") -> list[str]:
+    """`Config.validate()`'s algorithm checks: the name is known, and the config meets its spec."""
+    name = cfg.algo.name
+    try:
+        algo = get_algorithm(name, cfg)
+    except ValueError as err:
+        if name not in available_algorithms():
+            return [unknown_algorithm_message(name)]
+        return [f"algo.name = {name!r}: the algorithm rejects this config: {err}"]
+    return spec_problems(spec_of(algo), cfg, name)

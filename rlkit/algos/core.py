@@ -383,6 +383,17 @@ def kl_reward(scores: Tensor, response_mask: Tensor, kl: Tensor | None = None, c
     return rewards
 
 
+def kl_penalized_scores(scores: Tensor, kl: Tensor, response_mask: Tensor, coef: float) -> Tensor:
+    """Sequence scores `(B,)` minus `coef` times each row's summed per-token KL `(B, T)` over its valid tokens.
+
+    The outcome-level form of a KL penalty in the reward (what `kl_reward` spreads over tokens, summed
+    back per sequence): GRPO-family estimators see one number per sample, so with the KL in the reward
+    they normalise `score - coef * sum_t kl_t` (verl's `use_kl_in_reward` with an outcome estimator).
+    """
+    summed = masked_sum(kl.to(torch.float32), response_mask, dim=-1)  # (B,)
+    return scores.to(torch.float32) - coef * summed
+
+
 class FixedKLController:
     """A constant KL coefficient. Same interface as `AdaptiveKLController`."""
 
@@ -569,6 +580,6 @@ __all__ = [
     "logprobs_from_logits", "entropy_from_logits", "loss_normaliser", "normaliser_count", "aggregate",
     "gae", "discounted_returns", "reinforce_pp_advantages", "grpo_advantages", "rloo_advantages",
     "remax_advantages", "safe_rlhf_advantages", "lagrange_update", "overlong_penalty",
-    "groups_with_variance", "kl_penalty", "kl_reward", "FixedKLController", "AdaptiveKLController",
+    "groups_with_variance", "kl_penalty", "kl_reward", "kl_penalized_scores", "FixedKLController", "AdaptiveKLController",
     "ppo_policy_loss", "gspo_policy_loss", "value_loss", "kl_loss", "entropy_loss",
 ]

@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 import torch
 
 from rlkit.algos import core
+from rlkit.algos.base import AlgorithmSpec, kl_spec
 from rlkit.algos.losses import PolicyLoss
+from rlkit.algos.shaping import advantage_scores, policy_learn_fields
 from rlkit.batch import Batch
 
 
@@ -26,12 +28,12 @@ class DAPO:
     max_rounds: int = 4
     """Dynamic sampling gives up after this many extra rollouts and trains on what it has."""
     name: str = "dapo"
-    uses_critic: bool = False
-    uses_reference: bool = field(init=False)
+    spec: AlgorithmSpec = field(init=False)
     actor_loss: PolicyLoss = field(init=False)
 
     def __post_init__(self):
-        self.uses_reference = self.cfg.algo.kl_coef > 0
+        kl = kl_spec(self.cfg)
+        self.spec = AlgorithmSpec(group_relative=True, learn_fields=policy_learn_fields(kl["kl_in"]), **kl)
         self.actor_loss = PolicyLoss.from_config(self.cfg, clip_high=self.clip_high, agg="token-mean")
 
     def generate(self, s, prompts):
@@ -53,18 +55,17 @@ class DAPO:
         return batch.select(torch.nonzero(core.groups_with_variance(batch.scores, batch.group_id)).flatten())
 
     def prepare(self, s, batch):
-        if batch.scores is None:
-            batch = s.score(batch)
+        # generate() scored the batch already (dynamic sampling reads the scores); a batch from elsewhere is not
+        fields = [f for f in self.spec.prepare_fields if f != "scores" or batch.scores is None]
+        batch = s.compute(batch, *fields)
         if self.cfg.algo.overlong_buffer:
             lengths = batch.response_mask.sum(-1)
             penalty = core.overlong_penalty(
                 lengths, self.cfg.rollout.max_new_tokens, self.cfg.algo.overlong_buffer, self.cfg.algo.overlong_penalty
             )
             batch = batch.replace(scores=batch.scores + penalty.to(batch.scores.dtype))
-        batch = s.compute_old_logprobs(batch)
-        if self.uses_reference:
-            batch = s.compute_ref_logprobs(batch)
-        adv = core.grpo_advantages(batch.scores, batch.group_id, batch.response_mask)
+        scores = advantage_scores(batch, self.spec, self.cfg.algo)  # (B,), KL-penalised under kl_in_reward
+        adv = core.grpo_advantages(scores, batch.group_id, batch.response_mask)
         return batch.replace(advantages=adv)
 
 

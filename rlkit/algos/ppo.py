@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from rlkit.algos import core
+from rlkit.algos.base import AlgorithmSpec, kl_spec
 from rlkit.algos.losses import PolicyLoss
 
 
@@ -19,14 +20,15 @@ from rlkit.algos.losses import PolicyLoss
 class PPO:
     cfg: object
     name: str = "ppo"
-    uses_critic: bool = True
-    uses_reference: bool = field(init=False)
+    spec: AlgorithmSpec = field(init=False)
     actor_loss: PolicyLoss = field(init=False)
     kl_ctl: object = field(init=False)
 
     def __post_init__(self):
         algo = self.cfg.algo
-        self.uses_reference = algo.kl_coef > 0
+        # The KL always goes to the token rewards here (algo.kl_in_reward changes nothing).
+        self.spec = AlgorithmSpec(needs_critic=True, **kl_spec(self.cfg, default_in="reward"),
+                                  learn_fields=("advantages", "old_logprobs", "values", "returns"))
         self.actor_loss = PolicyLoss.from_config(self.cfg, kl_coef=0.0)  # KL lives in the reward
         if algo.kl_target is None:
             self.kl_ctl = core.FixedKLController(algo.kl_coef)
@@ -34,12 +36,9 @@ class PPO:
             self.kl_ctl = core.AdaptiveKLController(algo.kl_coef, algo.kl_target, horizon=10_000)
 
     def prepare(self, s, batch):
-        batch = s.score(batch)
-        batch = s.compute_old_logprobs(batch, force=True)  # the KL penalty in the reward reads them
-        batch = s.compute_values(batch)
+        batch = s.compute(batch, *self.spec.prepare_fields)  # old log-probs always: the KL penalty reads them
         kl = None
-        if self.uses_reference:
-            batch = s.compute_ref_logprobs(batch)
+        if self.spec.needs_reference:
             kl = core.kl_penalty(batch.old_logprobs, batch.ref_logprobs, "k1")  # (B, T)
         rewards = core.kl_reward(batch.scores, batch.response_mask, kl=kl, coef=self.kl_ctl.value)
         adv, ret = core.gae(rewards, batch.values, batch.response_mask, self.cfg.algo.gamma, self.cfg.algo.lam)

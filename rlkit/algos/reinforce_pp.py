@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from rlkit.algos import core
+from rlkit.algos.base import AlgorithmSpec, kl_spec
 from rlkit.algos.losses import PolicyLoss
 
 
@@ -18,20 +19,18 @@ from rlkit.algos.losses import PolicyLoss
 class ReinforcePP:
     cfg: object
     name: str = "reinforce_pp"
-    uses_critic: bool = False
-    uses_reference: bool = field(init=False)
+    spec: AlgorithmSpec = field(init=False)
     actor_loss: PolicyLoss = field(init=False)
 
     def __post_init__(self):
-        self.uses_reference = self.cfg.algo.kl_coef > 0
+        # The KL always goes to the token rewards here (algo.kl_in_reward changes nothing).
+        self.spec = AlgorithmSpec(**kl_spec(self.cfg, default_in="reward"))
         self.actor_loss = PolicyLoss.from_config(self.cfg, kl_coef=0.0)  # KL lives in the reward
 
     def prepare(self, s, batch):
-        batch = s.score(batch)
-        batch = s.compute_old_logprobs(batch, force=True)  # the KL penalty in the reward reads them
+        batch = s.compute(batch, *self.spec.prepare_fields)  # old log-probs always: the KL penalty reads them
         kl = None
-        if self.uses_reference:
-            batch = s.compute_ref_logprobs(batch)
+        if self.spec.needs_reference:
             kl = core.kl_penalty(batch.old_logprobs, batch.ref_logprobs, "k1")
         rewards = core.kl_reward(batch.scores, batch.response_mask, kl=kl, coef=self.cfg.algo.kl_coef)
         adv, ret = core.reinforce_pp_advantages(rewards, batch.response_mask, gamma=self.cfg.algo.gamma)

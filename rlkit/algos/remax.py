@@ -12,19 +12,22 @@ from dataclasses import dataclass, field
 import torch
 
 from rlkit.algos import core
+from rlkit.algos.base import AlgorithmSpec, kl_spec
 from rlkit.algos.losses import PolicyLoss
+from rlkit.algos.shaping import advantage_scores, policy_learn_fields
 
 
 @dataclass
 class ReMax:
     cfg: object
     name: str = "remax"
-    uses_critic: bool = False
-    uses_reference: bool = field(init=False)
+    spec: AlgorithmSpec = field(init=False)
     actor_loss: PolicyLoss = field(init=False)
 
     def __post_init__(self):
-        self.uses_reference = self.cfg.algo.kl_coef > 0
+        kl = kl_spec(self.cfg)
+        self.spec = AlgorithmSpec(greedy_baseline=True, **kl,
+                                  learn_fields=policy_learn_fields(kl["kl_in"]))
         self.actor_loss = PolicyLoss.from_config(self.cfg)
 
     def generate(self, s, prompts):
@@ -35,11 +38,10 @@ class ReMax:
         return batch.replace(baseline_scores=baseline[batch.group_id])
 
     def prepare(self, s, batch):
-        batch = s.score(batch)
-        batch = s.compute_old_logprobs(batch)
-        if self.uses_reference:
-            batch = s.compute_ref_logprobs(batch)
-        adv = core.remax_advantages(batch.scores, batch.baseline_scores, batch.response_mask)
+        batch = s.compute(batch, *self.spec.prepare_fields)
+        # Under kl_in_reward the sampled response pays its KL; the greedy baseline's score is kept as is.
+        scores = advantage_scores(batch, self.spec, self.cfg.algo)  # (B,)
+        adv = core.remax_advantages(scores, batch.baseline_scores, batch.response_mask)
         return batch.replace(advantages=adv)
 
 

@@ -11,27 +11,27 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from rlkit.algos import core
+from rlkit.algos.base import AlgorithmSpec, kl_spec
 from rlkit.algos.losses import PolicyLoss
+from rlkit.algos.shaping import advantage_scores, policy_learn_fields
 
 
 @dataclass
 class RLOO:
     cfg: object
     name: str = "rloo"
-    uses_critic: bool = False
-    uses_reference: bool = field(init=False)
+    spec: AlgorithmSpec = field(init=False)
     actor_loss: PolicyLoss = field(init=False)
 
     def __post_init__(self):
-        self.uses_reference = self.cfg.algo.kl_coef > 0
+        kl = kl_spec(self.cfg)
+        self.spec = AlgorithmSpec(group_relative=True, learn_fields=policy_learn_fields(kl["kl_in"]), **kl)
         self.actor_loss = PolicyLoss.from_config(self.cfg)
 
     def prepare(self, s, batch):
-        batch = s.score(batch)
-        batch = s.compute_old_logprobs(batch)
-        if self.uses_reference:
-            batch = s.compute_ref_logprobs(batch)
-        return batch.replace(advantages=core.rloo_advantages(batch.scores, batch.group_id, batch.response_mask))
+        batch = s.compute(batch, *self.spec.prepare_fields)
+        scores = advantage_scores(batch, self.spec, self.cfg.algo)  # (B,), KL-penalised under kl_in_reward
+        return batch.replace(advantages=core.rloo_advantages(scores, batch.group_id, batch.response_mask))
 
 
 ALGORITHM = RLOO

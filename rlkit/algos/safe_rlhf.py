@@ -16,32 +16,33 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from rlkit.algos import core
+from rlkit.algos.base import AlgorithmSpec, kl_spec
 from rlkit.algos.losses import PolicyLoss
+from rlkit.algos.shaping import advantage_scores, policy_learn_fields
 
 
 @dataclass
 class SafeRLHF:
     cfg: object
     name: str = "safe_rlhf"
-    uses_critic: bool = False
-    uses_reference: bool = field(init=False)
+    spec: AlgorithmSpec = field(init=False)
     actor_loss: PolicyLoss = field(init=False)
     lagrange: float = field(init=False)
 
     def __post_init__(self):
-        self.uses_reference = self.cfg.algo.kl_coef > 0
+        kl = kl_spec(self.cfg)
+        self.spec = AlgorithmSpec(group_relative=True, needs_costs=True, **kl,
+                                  learn_fields=policy_learn_fields(kl["kl_in"]))
         self.actor_loss = PolicyLoss.from_config(self.cfg)
         self.lagrange = self.cfg.algo.lagrange_init
 
     def prepare(self, s, batch):
-        batch = s.score(batch)  # scores and costs
+        batch = s.compute(batch, *self.spec.prepare_fields)  # scores and costs, log-probs
         if batch.costs is None:
             raise ValueError("safe_rlhf needs costs: set data.source to a task with a cost rule or model.cost_model_path")
-        batch = s.compute_old_logprobs(batch)
-        if self.uses_reference:
-            batch = s.compute_ref_logprobs(batch)
         norm = self.cfg.algo.norm_adv_by_std
-        adv_r = core.grpo_advantages(batch.scores, batch.group_id, batch.response_mask, norm_by_std=norm)
+        scores = advantage_scores(batch, self.spec, self.cfg.algo)  # (B,): the KL penalty is on the reward only
+        adv_r = core.grpo_advantages(scores, batch.group_id, batch.response_mask, norm_by_std=norm)
         adv_c = core.grpo_advantages(batch.costs, batch.group_id, batch.response_mask, norm_by_std=norm)
         return batch.replace(advantages=core.safe_rlhf_advantages(adv_r, adv_c, self.lagrange))
 

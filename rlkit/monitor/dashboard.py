@@ -52,6 +52,7 @@ PANELS: tuple[Panel, ...] = (
     Panel("grad norm", r"(?P<label>actor|critic)/grad_norm"),
     Panel("clip fraction", r"actor/(?P<label>clipfrac)"),
     Panel("response length (tokens)", r"response/(?P<label>length_mean)"),
+    Panel("weight sync (bytes per engine)", r"weight_sync/(?P<label>bytes)"),
 )
 _COMPILED = tuple(re.compile(panel.pattern) for panel in PANELS)
 

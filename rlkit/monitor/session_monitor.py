@@ -46,8 +46,10 @@ SYNC_KEYS = ("seconds", "bytes", "peak_extra_bytes")
 
 
 def memory_stats(role_stats: dict[str, list[list[dict[str, float]]]]) -> dict[str, float]:
-    """`memory/<role>/rss_gib` and `memory/<role>/device_max_gib` (max over calls and ranks), and the
-    rollout engine's weight sync (`sync/seconds`, `sync/bytes`, `sync/peak_extra_bytes`: max over ranks)."""
+    """`memory/<role>/rss_gib` and `memory/<role>/device_max_gib` (max over calls and ranks), the rollout
+    engine's weight preparation inside `generate` (`sync/seconds`, `sync/bytes`, `sync/peak_extra_bytes`: max
+    over ranks; the hf engine's in-place gather), and `rollout/fallback_sync` (1 when a generate found the
+    engine's weights behind the trainer's and synced first: `Session.sync_weights` was skipped)."""
     out: dict[str, float] = {}
     for role, per_rank in role_stats.items():
         rss, dev = 0.0, 0.0
@@ -58,6 +60,8 @@ def memory_stats(role_stats: dict[str, list[list[dict[str, float]]]]) -> dict[st
                         rss = max(rss, value)
                     elif key.endswith("/cuda_peak_gb"):
                         dev = max(dev, value)
+                    elif key.endswith("/generate/stale"):  # the engine synced inside generate (no sync_weights)
+                        out["rollout/fallback_sync"] = max(out.get("rollout/fallback_sync", 0.0), float(value))
                     elif "/sync/" in key and key.rsplit("/", 1)[1] in SYNC_KEYS:
                         name = "sync/" + key.rsplit("/", 1)[1]
                         out[name] = max(out.get(name, 0.0), float(value))
@@ -100,6 +104,8 @@ class SessionMonitor:
         self.history: list[dict[str, float]] = []
         """Every finished step's stats, in order."""
         self.verbose = not in_notebook()
+        self.log_every = log.log_every
+        """Steps between two lines of stats.jsonl / W&B / the progress line (`logging.log_every`)."""
 
     @contextmanager
     def stage(self, name: str) -> Iterator[StageRecord]:
@@ -123,15 +129,18 @@ class SessionMonitor:
         return dict(self.stages.get(name, {}))
 
     def end_step(self, step: int, seconds: float, batch: Any = None) -> dict[str, float]:
-        """Close step `step`: log its stats line (and sample rows), print the progress line; return the stats."""
+        """Close step `step`: on every `logging.log_every`-th step log its stats line (and sample rows) and
+        print the progress line; return the stats (kept in `history` for every step)."""
         stats = {"step": step, "time/step": seconds, **self.current}
-        self.runlog.log(stats, step=step)
-        if batch is not None:
-            self.runlog.log_samples(batch, step=step, max_rows=8)
+        logged = step % self.log_every == 0
+        if logged:
+            self.runlog.log(stats, step=step)
+            if batch is not None:
+                self.runlog.log_samples(batch, step=step, max_rows=8)
         self.history.append(stats)
         self.current = {}
         self.step = step
-        if self.verbose:
+        if self.verbose and logged:
             print(format_progress(stats), flush=True)
         return stats
 
