@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from rlkit.config import (
-    PRESETS, ActorConfig, Config, ConfigError, add_config_args, config_from_args, config_help, field_docs,
+    PRESETS, ActorConfig, AlgoConfig, Config, ConfigError, add_config_args, config_from_args, config_help, field_docs,
 )
 
 TINY = "arithmetic-tiny"
@@ -229,6 +232,11 @@ BAD = [
     ({"actor.lr_schedule": "cosine"}, "actor.total_steps", None, 'must be set when actor.lr_schedule = "cosine"'),
     ({"actor.total_steps": 5, "actor.warmup_steps": 6}, "actor.warmup_steps", 6, "must be <= actor.total_steps (5)"),
     ({"rollout.n": 1, "actor.mini_batch_size": 16}, "rollout.n", 1, "must be >= 2 for algo.name = 'grpo'"),
+    # the algorithm's checks (rlkit.algos.base.config_problems): its spec, not a table in the config
+    ({"algo.name": "dr_grpo", "rollout.n": 1, "actor.mini_batch_size": 16}, "rollout.n", 1,
+     "must be >= 2 for algo.name = 'dr_grpo'"),
+    ({"algo.name": "safe-rlhf"}, "algo.name", "safe-rlhf", "unknown algorithm (did you mean 'safe_rlhf'?)"),
+    ({"algo.name": "trpo"}, "algo.name", "trpo", "available: dapo, dr_grpo, grpo"),
     ({"algo.overlong_buffer": 6}, "algo.overlong_buffer", 6, "must be < rollout.max_new_tokens (6)"),
     ({"rollout.min_new_tokens": 7}, "rollout.min_new_tokens", 7, "must be in 0..rollout.max_new_tokens (6)"),
     ({"cluster.backend": "local", "cluster.devices_per_node": 2}, "cluster.backend", "local", "runs one rank"),
@@ -252,7 +260,7 @@ def test_the_good_neighbours_of_bad_values_pass():
         "rollout.temperature": 0.0, "rollout.top_p": 1.0, "algo.clip_low": 0.0, "algo.gamma": 0.0,
         "algo.dual_clip": 1.01, "actor.micro_batch_size": 16, "critic.micro_batch_size": 16,
         "actor.lr_schedule": "cosine", "actor.total_steps": 5, "actor.warmup_steps": 5, "algo.overlong_buffer": 5,
-        "cluster.backend": "local", "rollout.n": 1, "algo.name": "reinforce++", "actor.mini_batch_size": 16,
+        "cluster.backend": "local", "rollout.n": 1, "algo.name": "reinforce_pp", "actor.mini_batch_size": 16,
     })
 
 
@@ -266,6 +274,37 @@ def test_all_errors_are_reported_at_once_and_validate_catches_later_edits():
     cfg.actor.micro_batch_size = 7  # a notebook edit: only validate() can see it
     with pytest.raises(ConfigError, match=r"actor\.mini_batch_size = 32: must be a multiple"):
         cfg.validate()
+
+
+def test_allowed_values_are_the_owners():
+    """The choices of algo.loss_agg, algo.kl_kind and rollout.engine are read from the modules that own them."""
+    from rlkit.algos import core
+    from rlkit.rollout.engine import ENGINE_NAMES
+
+    for key, owner in (("algo.loss_agg", core.AGG_MODES), ("algo.kl_kind", core.KL_KINDS),
+                       ("rollout.engine", ENGINE_NAMES)):
+        with pytest.raises(ConfigError) as e:
+            Config.preset(TINY).override({key: "nope"})
+        assert f"{key} = 'nope': must be one of " + ", ".join(repr(v) for v in owner) in str(e.value)
+        for value in owner:
+            assert Config.preset(TINY).override({key: value})
+
+
+def test_every_builtin_algorithm_is_a_valid_name():
+    from rlkit.algos.base import builtin_algorithms
+
+    names = builtin_algorithms()
+    assert {"ppo", "grpo", "dr_grpo", "dapo", "gspo", "remax", "rloo", "reinforce_pp", "safe_rlhf"} <= set(names)
+    for name in names:
+        assert Config.preset(TINY, algo=name).algo.name == name
+        assert f'"{name}"' in field_docs(AlgoConfig)["name"]  # the docs name every built-in one
+
+
+def test_importing_the_config_does_not_import_torch():
+    code = "import sys, rlkit.config; print('torch' in sys.modules)"
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root).stdout
+    assert out.strip() == "False"
 
 
 # ---- docs and CLI --------------------------------------------------------------------------------------------

@@ -1,45 +1,28 @@
-"""Typed run configuration: one dataclass per section, one docstring per field.
+"""The run configuration's schema: one dataclass per section, one docstring per field, and `Config`.
 
-    cfg = Config.preset("arithmetic-tiny", algo="ppo", actor={"lr": 1e-4}, rollout__n=8)
-    cfg = cfg.override({"actor.lr": 1e-5})          # a new, validated Config
-    text = cfg.to_yaml(); assert Config.from_yaml(text) == cfg
-
-The dataclasses below are the only source of truth: YAML, dicts, presets and the CLI
-(`add_config_args` / `config_from_args`) all go through `Config.from_dict`, and every check
-lives in `Config.validate()`, which raises `ConfigError` naming the dotted field, the bad
-value and what is allowed. Derived values (e.g. `rollout_batch_size`) are properties in one
-marked block of `Config`; they are never stored or written to YAML.
-
-Configs are plain mutable dataclasses so a notebook can poke at them; whoever consumes a
-config that may have been edited by hand (the Session) calls `cfg.validate()` again.
+`Config` holds the derived values (properties in one marked block, never stored or written to YAML) and
+`validate()`, where every check lives. Allowed values that another module owns (loss aggregation modes, KL
+estimators, rollout engines, algorithm names and what each algorithm needs) are imported from that module
+inside `validate()`, lazily: `import rlkit.config` must not import torch.
 """
 
 from __future__ import annotations
 
-import argparse
-import ast
 import dataclasses
-import difflib
-import functools
-import inspect
 import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
+from rlkit.config.io import (
+    ConfigError, _apply, _build, _check_types, _load_yaml, _plain, _to_yaml,
+)
+from rlkit.config.presets import PRESETS
 
 __all__ = [
-    "ConfigError", "Config", "ModelConfig", "DataConfig", "RolloutConfig", "ActorConfig", "CriticConfig",
-    "AlgoConfig", "ClusterConfig", "LoggingConfig", "PRESETS", "add_config_args", "config_from_args",
-    "config_help", "field_docs",
+    "Config", "ModelConfig", "DataConfig", "RolloutConfig", "ActorConfig", "CriticConfig", "AlgoConfig",
+    "ClusterConfig", "LoggingConfig",
 ]
-
-
-class ConfigError(ValueError):
-    """A configuration value is missing, unknown, of the wrong type or out of range."""
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -188,7 +171,8 @@ class CriticConfig:
 @dataclass(kw_only=True)
 class AlgoConfig:
     name: str = "grpo"
-    """Algorithm (a module of rlkit.algos): e.g. "grpo", "ppo", "remax", "rloo", "safe-rlhf"."""
+    """Algorithm: the name of a module of rlkit.algos ("ppo", "grpo", "dr_grpo", "dapo", "gspo", "remax", "rloo",
+    "reinforce_pp", "safe_rlhf") or one given to `rlkit.algos.base.register_algorithm`."""
     gamma: float = 1.0
     """Discount factor of GAE."""
     lam: float = 1.0
@@ -267,14 +251,46 @@ class LoggingConfig:
     eval_every: int = 0
     """Evaluate on the held-out prompts every this many RL steps; 0 = never."""
     save_every: int = 0
-    """Checkpoint every this many RL steps; 0 = only when asked."""
+    """Checkpoint every this many RL steps; 0 = only when asked (not read yet)."""
     dashboard: bool = True
     """Show the live dashboard in notebooks."""
 
 
-# Only these algorithms' advantages are computed over a group of samples of one prompt: a group of one is useless.
-_GROUP_ALGOS = ("grpo", "rloo")
-_LOSS_AGG = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+class _Checker:
+    """Collects `key = value: rule` messages; None values of optional fields are skipped by the range helpers."""
+
+    def __init__(self, cfg: Config):
+        self.cfg, self.errors = cfg, []
+
+    def check(self, key: str, ok, rule: str) -> None:
+        section, name = key.split(".")
+        value = getattr(getattr(self.cfg, section), name)
+        if value is not None and not ok(value):
+            self.fail(key, value, rule)
+
+    def fail(self, key: str, value: Any, rule: str) -> None:
+        self.errors.append(f"{key} = {value!r}: {rule}")
+
+    def greater(self, key, lo):
+        self.check(key, lambda v: v > lo, f"must be > {lo}")
+
+    def at_least(self, key, lo):
+        self.check(key, lambda v: v >= lo, f"must be >= {lo}")
+
+    def one_of(self, key, choices):
+        self.check(key, lambda v: v in choices, "must be one of " + ", ".join(repr(c) for c in choices))
+
+    def non_empty(self, key):
+        self.check(key, lambda v: v.strip() != "", "must be a non-empty string")
+
+    def raise_if_any(self):
+        if self.errors:
+            raise ConfigError("\n".join(self.errors))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The whole run
+# ---------------------------------------------------------------------------------------------------------------
 
 
 @dataclass(kw_only=True)
@@ -370,7 +386,7 @@ class Config:
         d = self.to_dict()
         items = list((overrides or {}).items()) + [(k.replace("__", "."), v) for k, v in kwargs.items()]
         for key, value in items:
-            _apply(d, str(key), value)
+            _apply(Config, d, str(key), value)
         return type(self).from_dict(d)
 
     # ---- YAML ------------------------------------------------------------------------------------------------
@@ -396,6 +412,11 @@ class Config:
     # ---- validation: every check of every field lives here ---------------------------------------------------
     def validate(self) -> None:
         """Raise ConfigError listing every bad field as `section.field = value: what is allowed`."""
+        # lazy: the owners of these values import torch (rlkit.algos.core) or the algorithm modules (base)
+        from rlkit.algos.base import config_problems
+        from rlkit.algos.core import AGG_MODES, KL_KINDS
+        from rlkit.rollout.engine import ENGINE_NAMES
+
         _check_types(self, fix=False)
         c = _Checker(self)
         for key in ("data.digits", "data.train_size", "data.max_prompt_len", "rollout.prompts_per_step",
@@ -421,9 +442,9 @@ class Config:
         c.check("actor.betas", lambda v: all(0 <= b < 1 for b in v), "both betas must be in [0, 1)")
         for key, choices in (("model.dtype", ("auto", "float32", "bfloat16")),
                              ("model.attn_implementation", ("eager", "sdpa", "flash_attention_2")),
-                             ("rollout.engine", ("hf", "vllm")), ("rollout.gather_weights", ("auto", "always")),
+                             ("rollout.engine", ENGINE_NAMES), ("rollout.gather_weights", ("auto", "always")),
                              ("actor.lr_schedule", ("constant", "cosine")),
-                             ("algo.loss_agg", _LOSS_AGG), ("algo.kl_kind", ("k1", "k2", "k3", "abs")),
+                             ("algo.loss_agg", AGG_MODES), ("algo.kl_kind", KL_KINDS),
                              ("cluster.backend", ("ray", "local")), ("cluster.placement", ("colocate", "split", "auto")),
                              ("cluster.device", ("auto", "cpu", "cuda")),
                              ("logging.wandb_mode", ("online", "offline", "disabled"))):
@@ -435,7 +456,7 @@ class Config:
                 'must be a non-empty string of operators among "+-*"')
         c.check("rollout.stop", lambda v: all(v), "stop strings must be non-empty")
         c.check("algo.name", lambda v: re.fullmatch(r"[a-z][a-z0-9_+\-]*", v) is not None,
-                "must be a lower-case algorithm name like 'grpo' or 'safe-rlhf'")
+                "must be a lower-case algorithm name like 'grpo' or 'safe_rlhf'")
         c.raise_if_any()  # cross-field checks below assume each field is in range
 
         a, r = self.actor, self.rollout
@@ -453,8 +474,6 @@ class Config:
             c.fail("actor.total_steps", None, 'must be set when actor.lr_schedule = "cosine"')
         if a.total_steps is not None and a.warmup_steps > a.total_steps:
             c.fail("actor.warmup_steps", a.warmup_steps, f"must be <= actor.total_steps ({a.total_steps})")
-        if self.algo.name in _GROUP_ALGOS and r.n < 2:
-            c.fail("rollout.n", r.n, f"must be >= 2 for algo.name = {self.algo.name!r} (advantages are relative to the group)")
         if not 0 <= r.min_new_tokens <= r.max_new_tokens:
             c.fail("rollout.min_new_tokens", r.min_new_tokens, f"must be in 0..rollout.max_new_tokens ({r.max_new_tokens})")
         if self.algo.overlong_buffer >= r.max_new_tokens and self.algo.overlong_buffer > 0:
@@ -465,345 +484,6 @@ class Config:
                    f"{self.world_size} (use backend 'ray' or one device)")
         if self.cluster.backend == "local" and self.cluster.address is not None:
             c.fail("cluster.address", self.cluster.address, "needs cluster.backend = 'ray'")
+        # the algorithm's own checks: its name is known and the config gives it what its spec asks for
+        c.errors.extend(config_problems(self))
         c.raise_if_any()
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Presets: data (a nested dict over the defaults), so that each one is visible at a glance.
-# ---------------------------------------------------------------------------------------------------------------
-
-_ARITH_TINY: dict[str, Any] = {
-    "model": {"preset": "qwen2-tiny", "dtype": "float32"},
-    "data": {"source": "arithmetic", "digits": 2, "operators": "+", "train_size": 4096, "eval_size": 256,
-             "max_prompt_len": 16},
-    # answers are <= 3 digits + EOS: 6 new tokens leave room for junk that must score 0
-    "rollout": {"prompts_per_step": 16, "n": 4, "temperature": 1.0, "max_new_tokens": 6},
-    # RL starts from an SFT policy: on this 0.2M model one Adam step at lr 2e-4 already moves the
-    # per-token log-probs by ~0.5 nat and collapses accuracy; 1e-5 improves it (BENCHMARKS.md).
-    "actor": {"lr": 1e-5, "mini_batch_size": 32, "micro_batch_size": 16, "grad_clip": 1.0},
-    "critic": {"lr": 1e-4, "micro_batch_size": 16},
-    "algo": {"name": "grpo", "kl_coef": 0.001},
-}
-
-PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
-    "arithmetic-tiny": ("qwen2-tiny (~0.2M params) on 2-digit addition, GRPO, 16 prompts x 4 samples (about a second per step on CPU)",
-                        _ARITH_TINY),
-    "arithmetic-rl": ("the RL recipe for arithmetic-tiny started from its SFT policy (set model.path): 32 prompts x 8 "
-                      "samples at temperature 0.7, one AdamW step of lr 1e-5 per RL step, eval on 512 prompts",
-                      _ARITH_TINY | {
-                          "data": {**_ARITH_TINY["data"], "eval_size": 512},
-                          # 0.7 keeps samples near the greedy answer the eval scores; one optimizer step
-                          # per RL step: this sharp 0.2M model takes many small steps badly (BENCHMARKS.md)
-                          "rollout": {"prompts_per_step": 32, "n": 8, "temperature": 0.7, "max_new_tokens": 6},
-                          "actor": {"lr": 1e-5, "mini_batch_size": 256, "micro_batch_size": 256, "grad_clip": 1.0},
-                          "critic": {"lr": 1e-4, "micro_batch_size": 256},
-                      }),
-    "arithmetic-1m": ("the 1M benchmark model (qwen2-1m) on 2-digit addition, GRPO, 32 prompts x 8 samples",
-                      _ARITH_TINY | {
-                          "model": {"preset": "qwen2-1m", "dtype": "float32"},
-                          "rollout": {"prompts_per_step": 32, "n": 8, "temperature": 1.0, "max_new_tokens": 6},
-                          "actor": {"lr": 5e-4, "mini_batch_size": 64, "micro_batch_size": 32, "grad_clip": 1.0},
-                          "critic": {"lr": 5e-4, "micro_batch_size": 32},
-                      }),
-}
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Machinery: types, dict <-> dataclass, overrides, YAML, field docs
-# ---------------------------------------------------------------------------------------------------------------
-
-def _is_section(tp: Any) -> bool:
-    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
-
-
-@functools.cache
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _type_name(tp: Any) -> str:
-    if tp is type(None):
-        return "null"
-    return getattr(tp, "__name__", None) if typing.get_origin(tp) is None else str(tp).replace("typing.", "")
-
-
-def _convert(value: Any, tp: Any, key: str) -> Any:
-    """`value` as type `tp` (int -> float, list <-> tuple), or ConfigError naming `key`. bool is never a number."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        for arm in args:
-            try:
-                return _convert(value, arm, key)
-            except ConfigError:
-                pass
-    elif tp is type(None):
-        if value is None:
-            return None
-    elif tp is bool or tp is str:
-        if isinstance(value, tp):
-            return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif origin in (list, tuple) and isinstance(value, (list, tuple)):
-        if origin is list:
-            return [_convert(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
-        if len(value) == len(args):
-            return tuple(_convert(v, t, f"{key}[{i}]") for i, (v, t) in enumerate(zip(value, args)))
-    expected = " or ".join(_type_name(a) for a in args) if origin in (typing.Union, types.UnionType) else _type_name(tp)
-    raise ConfigError(f"{key} = {value!r}: expected {expected}, got {type(value).__name__}")
-
-
-def _check_types(cfg: Config, fix: bool) -> None:
-    errors = []
-    for name, tp in _hints(Config).items():
-        value = getattr(cfg, name)
-        if _is_section(tp):
-            if not isinstance(value, tp):
-                raise ConfigError(f"{name} = {value!r}: expected a {tp.__name__}")
-            targets = [(value, f"{name}.{f}", getattr(value, f), t, f) for f, t in _hints(tp).items()]
-        else:
-            targets = [(cfg, name, value, tp, name)]
-        for obj, key, v, t, attr in targets:
-            try:
-                converted = _convert(v, t, key)
-            except ConfigError as e:
-                errors.append(str(e))
-                continue
-            if fix:
-                setattr(obj, attr, converted)
-    if errors:
-        raise ConfigError("\n".join(errors))
-
-
-def _unknown(key: str, valid: list[str], section: str) -> ConfigError:
-    close = difflib.get_close_matches(key.rsplit(".", 1)[-1], valid, n=1)
-    hint = f" (did you mean {(section + '.' if section else '') + close[0]!r}?)" if close else ""
-    where = f"of section {section!r}" if section else "at the top level"
-    return ConfigError(f"unknown key {key!r}{hint}; valid keys {where}: {', '.join(valid)}")
-
-
-def _build(cls: type, d: Any, prefix: str) -> Any:
-    if dataclasses.is_dataclass(d) and not isinstance(d, type):
-        d = dataclasses.asdict(d)
-    if d is None and prefix:  # a YAML section whose keys are all commented out
-        d = {}
-    if not isinstance(d, Mapping):
-        raise ConfigError(f"{prefix or 'config'} = {d!r}: expected a mapping of fields")
-    hints = _hints(cls)
-    kwargs = {}
-    for k, v in d.items():
-        key = f"{prefix}.{k}" if prefix else str(k)
-        if k not in hints:
-            raise _unknown(key, list(hints), prefix)
-        tp = hints[k]
-        kwargs[k] = _build(tp, v, key) if _is_section(tp) else _convert(v, tp, key)
-    return cls(**kwargs)
-
-
-def _plain(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {k: _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
-    return x
-
-
-def _field_type(key: str) -> Any:
-    """The declared type of a dotted key (a section class for a section name); ConfigError when unknown."""
-    cls, parts = Config, key.split(".")
-    for i, part in enumerate(parts):
-        prefix = ".".join(parts[:i])
-        if not _is_section(cls):
-            raise ConfigError(f"{prefix} is a value, not a section: cannot set {key!r}")
-        if part not in _hints(cls):
-            raise _unknown(".".join(parts[: i + 1]), list(_hints(cls)), prefix)
-        cls = _hints(cls)[part]
-    return cls
-
-
-def _apply(d: dict, key: str, value: Any) -> None:
-    """Set `key` (dotted) in the nested dict `d` with the section shorthands of `Config.override`."""
-    tp = _field_type(key)
-    parts = key.split(".")
-    target = d
-    for part in parts[:-1]:
-        target = target[part]
-    last = parts[-1]
-    if not _is_section(tp):
-        target[last] = value
-    elif isinstance(value, str):
-        if "name" not in _hints(tp):
-            raise ConfigError(f"{key} = {value!r}: section {key!r} has no name; pass a dict of its fields instead")
-        target[last]["name"] = value
-    elif isinstance(value, Mapping):
-        for k, v in value.items():
-            _apply(d, f"{key}.{k}", v)
-    elif isinstance(value, tp):
-        target[last] = _plain(dataclasses.asdict(value))
-    else:
-        raise ConfigError(f"{key} = {value!r}: expected a dict of fields of section {key!r}")
-
-
-class _Checker:
-    """Collects `key = value: rule` messages; None values of optional fields are skipped by the range helpers."""
-
-    def __init__(self, cfg: Config):
-        self.cfg, self.errors = cfg, []
-
-    def check(self, key: str, ok, rule: str) -> None:
-        section, name = key.split(".")
-        value = getattr(getattr(self.cfg, section), name)
-        if value is not None and not ok(value):
-            self.fail(key, value, rule)
-
-    def fail(self, key: str, value: Any, rule: str) -> None:
-        self.errors.append(f"{key} = {value!r}: {rule}")
-
-    def greater(self, key, lo):
-        self.check(key, lambda v: v > lo, f"must be > {lo}")
-
-    def at_least(self, key, lo):
-        self.check(key, lambda v: v >= lo, f"must be >= {lo}")
-
-    def one_of(self, key, choices):
-        self.check(key, lambda v: v in choices, "must be one of " + ", ".join(repr(c) for c in choices))
-
-    def non_empty(self, key):
-        self.check(key, lambda v: v.strip() != "", "must be a non-empty string")
-
-    def raise_if_any(self):
-        if self.errors:
-            raise ConfigError("\n".join(self.errors))
-
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads `1e-5` as a float (YAML 1.1 insists on a dot: `1.0e-5`)."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"))
-
-
-def _load_yaml(src: str | Path) -> tuple[dict, str]:
-    """(top-level mapping, description for errors) of a YAML file or YAML text."""
-    where = "YAML text"
-    if isinstance(src, Path) or ("\n" not in src and (src.endswith((".yaml", ".yml")) or Path(src).is_file())):
-        path = Path(src)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        src, where = path.read_text(), str(path)
-    try:
-        d = yaml.load(src, Loader=_Loader)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"invalid YAML in {where}: {e}") from None
-    if d is None:  # an empty file: all defaults
-        d = {}
-    if not isinstance(d, dict):
-        raise ConfigError(f"{where}: the top level must be a mapping of sections, got {type(d).__name__}")
-    return d, where
-
-
-def _dump(obj: Any) -> str:
-    return yaml.safe_dump(obj, sort_keys=False, default_flow_style=False, allow_unicode=True)
-
-
-def _to_yaml(cfg: Config, docs: bool) -> str:
-    d = cfg.to_dict()
-    if not docs:
-        return _dump(d)
-    lines = []
-    for name, tp in _hints(Config).items():
-        lines.append(f"# {field_docs(Config)[name]}")
-        if not _is_section(tp):
-            lines.append(_dump({name: d[name]}).rstrip("\n"))
-            continue
-        lines.append(f"{name}:")
-        for f, doc in field_docs(tp).items():
-            lines.append(f"  # {doc}")
-            lines.extend("  " + ln for ln in _dump({f: d[name][f]}).rstrip("\n").split("\n"))
-    return "\n".join(lines) + "\n"
-
-
-@functools.cache
-def field_docs(cls: type) -> dict[str, str]:
-    """Field name -> the docstring under it in the class source (the single place where fields are documented)."""
-    try:
-        tree = ast.parse(inspect.getsource(cls))
-    except (OSError, TypeError):  # no source (frozen app): fall back to names only
-        return {f.name: "" for f in dataclasses.fields(cls)}
-    body = tree.body[0].body
-    docs = {f.name: "" for f in dataclasses.fields(cls)}
-    for node, nxt in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(nxt, ast.Expr) \
-                and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str):
-            docs[node.target.id] = " ".join(nxt.value.value.split())
-    return docs
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# CLI: `rlkit train [CONFIG.yaml] [--preset NAME] [--algo NAME] [--set KEY=VALUE ...]`
-# ---------------------------------------------------------------------------------------------------------------
-
-def add_config_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the config arguments to `parser` (dests: config_path, preset, algo, overrides)."""
-    g = parser.add_argument_group("configuration (later ones win: preset, then CONFIG.yaml, then --algo, then --set)")
-    g.add_argument("config_path", nargs="?", metavar="CONFIG.yaml", default=None,
-                   help="YAML config; with --preset its keys override the preset's")
-    g.add_argument("--preset", default=None, choices=list(PRESETS), help="start from a named preset")
-    g.add_argument("--algo", default=None, help="algorithm name (sets algo.name)")
-    g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one field, e.g. --set actor.lr=1e-5 --set rollout.stop='[\"\\n\"]' "
-                        "(values are YAML scalars; see rlkit.config.config_help() for every key)")
-    return parser
-
-
-def config_from_args(args: argparse.Namespace) -> Config:
-    """Build the Config described by the arguments of `add_config_args`."""
-    cfg = Config.preset(args.preset) if getattr(args, "preset", None) else Config()
-    if getattr(args, "config_path", None):
-        d, where = _load_yaml(Path(args.config_path))
-        try:
-            cfg = cfg.override(d)
-        except ConfigError as e:
-            raise ConfigError(f"{where}: {e}") from None
-    if getattr(args, "algo", None):
-        cfg = cfg.override(algo=args.algo)
-    sets = {}
-    for item in getattr(args, "overrides", None) or []:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set actor.lr=1e-5")
-        sets[key.strip()] = parse_value(key.strip(), raw)
-    return cfg.override(sets)
-
-
-def parse_value(key: str, raw: str) -> Any:
-    """Parse a command-line value for `key` as a YAML scalar, guided by the field's type: a field that takes
-    strings keeps the raw text unless it reads as null ("null", "~", "None") and the field is optional."""
-    tp = _field_type(key)
-    try:
-        value = yaml.load(raw, Loader=_Loader)
-    except yaml.YAMLError:
-        value = raw
-    args = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
-    if type(None) in args and raw.strip() in ("null", "~", "None", "none", ""):
-        return None
-    if (str in args or _is_section(tp)) and not isinstance(value, (str, dict)):
-        return raw  # e.g. run_name=123 or algo=1e5 stay text; the type check decides whether that is allowed
-    return value
-
-
-def config_help() -> str:
-    """Every dotted key with its type, default and docstring (for `--help`-style listings)."""
-    d, lines = Config().to_dict(), []
-    for name, tp in _hints(Config).items():
-        fields = [(name, tp, d[name], field_docs(Config)[name])] if not _is_section(tp) else [
-            (f"{name}.{f}", t, d[name][f], field_docs(tp)[f]) for f, t in _hints(tp).items()]
-        for key, t, default, doc in fields:
-            lines.append(f"{key} ({_type_name(t)}, default {default!r}): {doc}")
-    return "\n".join(lines)

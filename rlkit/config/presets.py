@@ -1,0 +1,44 @@
+"""Named presets: plain nested dicts over the defaults of `Config`, so that each one is visible at a glance.
+
+`PRESETS[name] = (one-line description, nested dict)`; `Config.preset(name)` builds and validates one. This
+module is data only: it imports nothing of the package, and nothing here is checked until a preset is built.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_ARITH_TINY: dict[str, Any] = {
+    "model": {"preset": "qwen2-tiny", "dtype": "float32"},
+    "data": {"source": "arithmetic", "digits": 2, "operators": "+", "train_size": 4096, "eval_size": 256,
+             "max_prompt_len": 16},
+    # answers are <= 3 digits + EOS: 6 new tokens leave room for junk that must score 0
+    "rollout": {"prompts_per_step": 16, "n": 4, "temperature": 1.0, "max_new_tokens": 6},
+    # RL starts from an SFT policy: on this 0.2M model one Adam step at lr 2e-4 already moves the
+    # per-token log-probs by ~0.5 nat and collapses accuracy; 1e-5 improves it (BENCHMARKS.md).
+    "actor": {"lr": 1e-5, "mini_batch_size": 32, "micro_batch_size": 16, "grad_clip": 1.0},
+    "critic": {"lr": 1e-4, "micro_batch_size": 16},
+    "algo": {"name": "grpo", "kl_coef": 0.001},
+}
+
+PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
+    "arithmetic-tiny": ("qwen2-tiny (~0.2M params) on 2-digit addition, GRPO, 16 prompts x 4 samples (about a second per step on CPU)",
+                        _ARITH_TINY),
+    "arithmetic-rl": ("the RL recipe for arithmetic-tiny started from its SFT policy (set model.path): 32 prompts x 8 "
+                      "samples at temperature 0.7, one AdamW step of lr 1e-5 per RL step, eval on 512 prompts",
+                      _ARITH_TINY | {
+                          "data": {**_ARITH_TINY["data"], "eval_size": 512},
+                          # 0.7 keeps samples near the greedy answer the eval scores; one optimizer step
+                          # per RL step: this sharp 0.2M model takes many small steps badly (BENCHMARKS.md)
+                          "rollout": {"prompts_per_step": 32, "n": 8, "temperature": 0.7, "max_new_tokens": 6},
+                          "actor": {"lr": 1e-5, "mini_batch_size": 256, "micro_batch_size": 256, "grad_clip": 1.0},
+                          "critic": {"lr": 1e-4, "micro_batch_size": 256},
+                      }),
+    "arithmetic-1m": ("the 1M benchmark model (qwen2-1m) on 2-digit addition, GRPO, 32 prompts x 8 samples",
+                      _ARITH_TINY | {
+                          "model": {"preset": "qwen2-1m", "dtype": "float32"},
+                          "rollout": {"prompts_per_step": 32, "n": 8, "temperature": 1.0, "max_new_tokens": 6},
+                          "actor": {"lr": 5e-4, "mini_batch_size": 64, "micro_batch_size": 32, "grad_clip": 1.0},
+                          "critic": {"lr": 5e-4, "micro_batch_size": 32},
+                      }),
+}
