@@ -4,8 +4,10 @@
   layer + root, forward, offload, full state dict and Hugging Face export.
 - `Optimizer`, `OptimConfig` (optim.py): AdamW, warm-up + cosine/linear schedule, clipping.
 - `save_checkpoint` / `load_checkpoint` (checkpoint.py): sharded DCP checkpoints.
-- Roles (plain classes for `rlkit.cluster.WorkerGroup`): `PolicyWorker`, `ReferenceWorker`,
-  `CriticWorker`, `RewardModelWorker`, `RuleRewardWorker`.
+- `ModelRole` (role.py): what every model role holds (tokenizer, model, optimizer, residency,
+  stats) and does the same way (the no-grad micro-batch loop, the update loop, checkpoints).
+- Roles (plain classes for `rlkit.cluster.WorkerGroup`), each holding one `ModelRole`: `PolicyWorker`,
+  `ReferenceWorker`, `CriticWorker`, `RewardModelWorker`; and `RuleRewardWorker` (a rule, no model).
 - The first two RLHF stages: `run_sft` / `SFTTrainer` (sft.py) and `run_rm` /
   `RewardModelTrainer` (rm_training.py).
 - `interleave_minibatches` (batching.py): driver-side row order for rank-independent mini-batches.
@@ -28,6 +30,7 @@ _LAZY = {
     "interleave_minibatches": "rlkit.workers.batching",
     "minibatch_order": "rlkit.workers.batching",
     "train_minibatch": "rlkit.workers.train_step",
+    "ModelRole": "rlkit.workers.role",
     "PolicyWorker": "rlkit.workers.policy",
     "response_logprobs": "rlkit.workers.policy",
     "ReferenceWorker": "rlkit.workers.reference",

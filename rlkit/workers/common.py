@@ -1,7 +1,7 @@
 """Small parts every role is composed of: tokenizer loading, offload between calls, per-call stats.
 
-A role is a plain class holding a `ShardedModel` (and an `Optimizer` when it
-trains), a `Residency` and a `CallStats`: composition, no base class.
+`rlkit.workers.role.ModelRole` puts them together with a `ShardedModel` (and an
+`Optimizer` when the role trains); each role class holds one: composition, no base class.
 """
 
 from __future__ import annotations

@@ -23,23 +23,14 @@ from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
-from transformers import PretrainedConfig
 
 from rlkit.batch import Batch
 from rlkit.cluster import WorkerContext, register
-from rlkit.workers.batching import (
-    chunks,
-    last_token_index,
-    local_minibatch_size,
-    mean_padded_length,
-    require_fields,
-    sequence_inputs,
-)
-from rlkit.workers.checkpoint import load_checkpoint, save_checkpoint
-from rlkit.workers.common import CallStats, Residency, load_tokenizer
-from rlkit.workers.optim import Optimizer, OptimConfig
+from rlkit.workers import role
+from rlkit.workers.batching import last_token_index, require_fields, sequence_inputs
+from rlkit.workers.common import load_tokenizer
 from rlkit.workers.sharded import ShardedModel
-from rlkit.workers.train_step import LossFn, train_epochs
+from rlkit.workers.train_step import LossFn
 
 SCORE_FIELDS = ("scores", "costs")
 
@@ -63,6 +54,17 @@ def check_pairs(batch: Batch, where: str) -> None:
         raise ValueError(
             f"{where}: rows 2i and 2i+1 must be the chosen and rejected response of one pair (same group_id); "
             f"got group_id {batch.group_id.tolist()[:8]}..."
+        )
+
+
+def check_pair_steps(batch: Batch, rows: int, micro_batch_size: int, where: str) -> None:
+    """Raise unless `batch` holds whole pairs and no optimizer step (`rows` per rank) or micro-batch
+    cuts a pair in two; the `check` of `ModelRole.train` for preference training."""
+    check_pairs(batch, where)
+    if rows % 2 or micro_batch_size % 2:
+        raise ValueError(
+            f"{where}: rows per step on a rank ({rows}) and micro_batch_size ({micro_batch_size}) must be even "
+            "so a pair is never cut in two"
         )
 
 
@@ -90,123 +92,23 @@ def bradley_terry_loss(outputs: dict, mb: Batch, global_tokens: float, global_se
 class RewardModelWorker:
     """An FSDP2 sequence-score model: `score` for RL, `update` for reward-model training."""
 
-    def __init__(
-        self,
-        ctx: WorkerContext,
-        model: str | os.PathLike | PretrainedConfig,
-        *,
-        field: str = "scores",
-        trainable: bool = False,
-        optim: OptimConfig | dict | None = None,
-        micro_batch_size: int = 4,
-        mini_batch_size: int | None = None,
-        offload: bool = False,
-        gradient_checkpointing: bool = False,
-        tokenizer_path: str | os.PathLike | None = None,
-        mixed_precision: bool | None = None,
-        attn_implementation: str | None = None,
-        seed: int = 0,
-        shard_one_rank: bool = False,
-        name: str | None = None,
-    ):
+    def __init__(self, ctx: WorkerContext, model: role.ModelSource, *, field: str = "scores",
+                 trainable: bool = False, name: str | None = None, **options: Any):
         """
         model: a reward-model folder, or a causal-LM folder / hub name / config to train one from.
         field: the Batch field `score` writes: "scores" (reward model) or "costs" (cost model).
         trainable: build an optimizer and allow `update` (reward-model training).
-        micro_batch_size: rows per forward (pairs: must be even).
-        shard_one_rank: FSDP2-wrap the model even with one rank (`ShardedModel(shard=True)`).
+        name: stats prefix; None: "reward" for scores, "cost" for costs.
+        options: `ModelRole`'s (optim, micro_batch_size: rows per forward, even for pairs, mini_batch_size,
+            offload, gradient_checkpointing, tokenizer_path, mixed_precision, attn_implementation, seed,
+            shard_one_rank).
         """
         if field not in SCORE_FIELDS:
             raise ValueError(f"RewardModelWorker(field={field!r}): allowed {', '.join(SCORE_FIELDS)}")
         self.ctx, self.field = ctx, field
         self.name = name or ("reward" if field == "scores" else "cost")
-        self.tokenizer = load_tokenizer(model, tokenizer_path)
-        self.model = ShardedModel(
-            model,
-            kind="token_scores",
-            device=ctx.device,
-            trainable=trainable,
-            mixed_precision=mixed_precision,
-            gradient_checkpointing=gradient_checkpointing,
-            attn_implementation=attn_implementation,
-            tokenizer=self.tokenizer,
-            seed=seed,
-            shard=True if shard_one_rank else None,
-        )
-        self.optimizer = None
-        if trainable:
-            optim = optim if isinstance(optim, OptimConfig) else OptimConfig(**(optim or {}))
-            self.optimizer = Optimizer(self.model.module, optim)
-        self.micro_batch_size, self.mini_batch_size = micro_batch_size, mini_batch_size
-        self.residency = Residency(self.model, self.optimizer, offload)
-        self.stats = CallStats(self.model, self.name)
-
-    @register("split")
-    @torch.no_grad()
-    def score(self, batch: Batch) -> Batch:
-        """A Batch holding only this model's field (`scores` or `costs`), (B,) float32."""
-        require_fields(batch, ("prompt_ids", "response_ids", "response_mask"), f"{self.name}.score")
-        parts, lengths = [], []
-        with self.residency.on_device(), self.stats.measure("score", backward=False) as info:
-            for mb in chunks(batch, self.micro_batch_size):
-                parts.append(sequence_scores(self.model, mb).cpu())
-                lengths.append(mean_padded_length(mb))
-            info["tokens"] = batch.num_tokens()
-            info["seq_len"] = sum(lengths) / max(1, len(lengths))
-        return Batch(**{self.field: torch.cat(parts)}, batch_size=[len(batch)])
-
-    @register("split")
-    def update(
-        self,
-        batch: Batch,
-        loss_fn: LossFn | None = None,
-        *,
-        mini_batch_size: int | None = None,
-        micro_batch_size: int | None = None,
-    ) -> dict[str, float]:
-        """One pass of optimizer steps over this rank's preference pairs (Bradley-Terry by default).
-
-        `mini_batch_size` counts rows (2 per pair) over all ranks; `outputs` given to
-        `loss_fn` is {"scores": (b,)}. Metrics are means over pairs.
-        """
-        where = f"{self.name}.update"
-        if self.optimizer is None:
-            raise RuntimeError(f"{where}: this reward model was built with trainable=False")
-        require_fields(batch, ("prompt_ids", "response_ids", "response_mask"), where)
-        check_pairs(batch, where)
-        rows = local_minibatch_size(mini_batch_size or self.mini_batch_size, self.model.world_size, len(batch))
-        micro = micro_batch_size or self.micro_batch_size
-        if rows % 2 or micro % 2:
-            raise ValueError(
-                f"{where}: rows per step on a rank ({rows}) and micro_batch_size ({micro}) must be even "
-                "so a pair is never cut in two"
-            )
-
-        def forward(mb: Batch) -> dict[str, torch.Tensor]:
-            return {"scores": sequence_scores(self.model, mb)}
-
-        return train_epochs(self, batch, rows=rows, micro_batch_size=micro, epochs=1, forward=forward,
-                            loss_fn=loss_fn or bradley_terry_loss, where=where, metric_weight="seqs")
-
-    @register("rank0")
-    def save_checkpoint(self, path: str | os.PathLike, extra: dict | None = None) -> str:
-        with self.residency.on_device():
-            return str(save_checkpoint(path, self.model, self.optimizer, extra))
-
-    @register("rank0")
-    def load_checkpoint(self, path: str | os.PathLike) -> dict:
-        with self.residency.on_device():
-            return load_checkpoint(path, self.model, self.optimizer)
-
-    @register("rank0")
-    def save_pretrained(self, path: str | os.PathLike) -> str:
-        """Export a Hugging Face sequence-classification folder (num_labels=1) with the tokenizer."""
-        with self.residency.on_device():
-            return str(self.model.save_pretrained(path, tokenizer=self.tokenizer))
-
-    @register("broadcast")
-    def pop_stats(self) -> list[dict[str, float]]:
-        return self.stats.pop()
+        self.core = role.ModelRole(model, kind="token_scores", name=self.name, device=ctx.device,
+                                          trainable=trainable, **options)
 
     @staticmethod
     def kwargs_from_config(cfg: Any, field: str = "scores") -> dict[str, Any]:
@@ -219,10 +121,36 @@ class RewardModelWorker:
             "model": path,
             "field": field,
             "micro_batch_size": cfg.critic.micro_batch_size,
-            "attn_implementation": cfg.model.attn_implementation,
-            "seed": cfg.seed,
-            "shard_one_rank": cfg.cluster.shard_one_rank,
+            **role.model_kwargs_from_config(cfg, tokenizer=False),
         }
+
+    def _forward(self, mb: Batch) -> dict[str, torch.Tensor]:
+        """`mb -> {"scores": (b,)}`."""
+        return {"scores": sequence_scores(self.core.model, mb)}
+
+    @register("split")
+    def score(self, batch: Batch) -> Batch:
+        """A Batch holding only this model's field (`scores` or `costs`), (B,) float32."""
+        return Batch(**{self.field: self.core.infer(batch, "score", self._forward)["scores"]}, batch_size=[len(batch)])
+
+    @register("split")
+    def update(self, batch: Batch, loss_fn: LossFn | None = None, **overrides: int | None) -> dict[str, float]:
+        """One pass of optimizer steps over this rank's preference pairs (Bradley-Terry by default).
+
+        `mini_batch_size` counts rows (2 per pair) over all ranks; `outputs` given to `loss_fn` is
+        {"scores": (b,)}. Metrics are means over pairs. overrides: mini_batch_size / micro_batch_size
+        for this call (None: the constructor's).
+        """
+        return self.core.train(batch, loss_fn or bradley_terry_loss, self._forward, check=check_pair_steps,
+                               metric_weight="seqs", **overrides)
+
+    # ------------------------------------------------------------------ state (shared with every model role)
+
+    save_checkpoint = role.save_checkpoint
+    load_checkpoint = role.load_checkpoint
+    save_pretrained = role.save_pretrained
+    full_state_dict = role.full_state_dict
+    pop_stats = role.pop_stats
 
 
 RuleFn = Callable[[str, Any, bool], float]
@@ -264,6 +192,7 @@ __all__ = [
     "sequence_scores",
     "bradley_terry_loss",
     "check_pairs",
+    "check_pair_steps",
     "rule_scores",
     "SCORE_FIELDS",
 ]
