@@ -181,3 +181,54 @@ def test_right_padded_prompts_are_rejected_naming_the_row():
     with pytest.raises(ValueError, match="prompt row 1 is not left-padded"):
         check_left_padded(mask, "hf engine")
     check_left_padded(torch.tensor([[0, 0, 1], [1, 1, 1]]), "hf engine")
+
+
+# ----------------------------------------------------------------------------- the engine's Protocol and sync
+
+
+def plain_engine(model, tok):
+    """An `HFEngine` on a plain one-rank module, standing in for the actor's `ShardedModel`."""
+    from types import SimpleNamespace
+
+    from rlkit.rollout.hf import HFEngine
+
+    sharded = SimpleNamespace(module=model, fsdp_modules=[], device=torch.device("cpu"), world_size=1,
+                              config=model.config, kind="causal_lm")
+    return HFEngine(sharded, tok)
+
+
+def test_the_hf_engine_is_a_rollout_engine_whose_sync_moves_nothing(model_and_tokenizer, prompts):
+    from rlkit.batch import Batch
+    from rlkit.rollout.engine import RolloutEngine, SyncReport
+
+    model, tok = model_and_tokenizer
+    engine = plain_engine(model, tok)
+    assert isinstance(engine, RolloutEngine) and not engine.copies_weights
+    assert not engine.stale  # it generates on the trainer's parameters from the start
+    report = engine.sync()
+    assert isinstance(report, SyncReport)
+    assert (report.mode, report.bytes, report.seconds) == ("in-place", 0, 0.0)
+    engine.close()  # nothing to free; the engine keeps working
+    batch = Batch.from_prompts(*prompts)
+    engine.generate(batch, SamplingParams(n=1, max_new_tokens=2, temperature=0))
+    assert engine.generate_stats["stale"] == 0.0 and engine.generate_stats["sync_bytes"] == 0.0
+
+
+def test_a_stale_hf_engine_syncs_first_and_says_so(model_and_tokenizer, prompts):
+    from rlkit.batch import Batch
+
+    model, tok = model_and_tokenizer
+    engine = plain_engine(model, tok)
+    batch = Batch.from_prompts(*prompts)
+    params = SamplingParams(n=1, max_new_tokens=2, temperature=0)
+    engine.mark_stale()
+    assert engine.stale
+    engine.generate(batch, params)
+    assert engine.generate_stats["stale"] == 1.0 and engine.generate_stats["sync_bytes"] == 0.0
+    assert not engine.stale
+    engine.generate(batch, params)  # synced by the first call: nothing to report
+    assert engine.generate_stats["stale"] == 0.0
+    engine.mark_stale()
+    engine.sync()  # the explicit step
+    engine.generate(batch, params)
+    assert engine.generate_stats["stale"] == 0.0

@@ -1,8 +1,11 @@
 """The hybrid actor (policy + hf engine on the same FSDP2 parameters) on 1 rank (local backend)
 and 2 ranks (ray, gloo): weights in sync after a learn step, greedy = exported model's
-`generate()`, no second copy of the weights (measured), group layout, seeds."""
+`generate()`, no second copy of the weights (measured), group layout, seeds; the explicit
+weight sync step (`sync_weights`) and generate's fallback sync on a stale engine."""
 
 from __future__ import annotations
+
+import warnings
 
 import pytest
 import torch
@@ -221,3 +224,87 @@ def test_kwargs_from_config_take_log_probs_at_the_sampling_temperature(temperatu
     kwargs = HybridActor.kwargs_from_config(cfg)
     assert kwargs["temperature"] == logprob_temperature and kwargs["rollout"] is cfg.rollout
     assert kwargs["model"] == cfg.model.path
+
+
+# ----------------------------------------------------------------------------- the explicit weight sync
+
+
+def learn_step(actor, prompts, seed: int) -> None:
+    """One policy-gradient update on fresh samples: the trainer's weights change, the engine goes stale."""
+    batch = actor.generate(prompts, {"n": 1, "seed": seed})
+    advantages = torch.randn(batch.response_ids.shape, generator=torch.Generator().manual_seed(seed))
+    actor.update(batch.replace(advantages=advantages, old_logprobs=actor.compute_logprobs(batch).old_logprobs),
+                 pg_loss)
+
+
+def generate_entry(actor, prompts, sampling: dict) -> tuple[Batch, dict[str, float]]:
+    """One generate call and its entry in the actor's stats (one rank)."""
+    actor.pop_stats()
+    out = actor.generate(prompts, sampling)
+    (stats,) = actor.pop_stats()
+    (entry,) = [s for s in stats if "actor/generate/seconds" in s]
+    return out, entry
+
+
+def test_sync_weights_moves_nothing_on_the_hf_engine_and_the_next_generate_makes_no_sync(one_rank_plain, prompts):
+    actor = one_rank_plain.actor
+    (report,) = actor.sync_weights()
+    assert report["mode"] == "in-place" and report["bytes"] == 0 and report["seconds"] == 0
+    learn_step(actor, prompts, seed=5)
+    (report,) = actor.sync_weights()  # after the update: still nothing to move (same parameters)
+    assert report["mode"] == "in-place" and report["bytes"] == 0
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*sync_weights")  # synced: no fallback, no warning
+        out, entry = generate_entry(actor, prompts, {"seed": 6})
+    assert entry["actor/generate/stale"] == 0 and entry["actor/generate/sync_bytes"] == 0
+    recomputed = actor.compute_logprobs(out).old_logprobs
+    assert masked_max_diff(recomputed, out.rollout_logprobs, out.response_mask) < 1e-4
+
+
+@pytest.fixture
+def fresh_plain(tiny_model_dir):
+    """A new one-rank plain actor: the warning is once per actor, and other tests update without syncing."""
+    with WorkerGroup(None, {"actor": RoleSpec(HybridActor, kwargs=actor_kwargs(tiny_model_dir))},
+                     backend="local") as group:
+        yield group
+
+
+def test_generate_after_update_without_sync_weights_syncs_first_and_warns_once(fresh_plain, prompts):
+    actor = fresh_plain.actor
+    learn_step(actor, prompts, seed=7)
+    with pytest.warns(UserWarning, match=r"sync_weights\(\) was not called"):
+        out, entry = generate_entry(actor, prompts, {"seed": 8})
+    assert entry["actor/generate/stale"] == 1  # the fallback ran (trivial for hf: 0 bytes)
+    assert entry["actor/generate/sync_bytes"] == 0
+    recomputed = actor.compute_logprobs(out).old_logprobs
+    assert masked_max_diff(recomputed, out.rollout_logprobs, out.response_mask) < 1e-4
+    _, entry = generate_entry(actor, prompts, {"seed": 8})  # the fallback synced: nothing stale any more
+    assert entry["actor/generate/stale"] == 0
+    learn_step(actor, prompts, seed=9)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _, entry = generate_entry(actor, prompts, {"seed": 10})
+    assert entry["actor/generate/stale"] == 1
+    assert not [w for w in caught if "sync_weights" in str(w.message)]  # warned once only
+
+
+def test_loading_a_checkpoint_marks_the_engine_stale(one_rank_plain, prompts, tmp_path):
+    actor = one_rank_plain.actor
+    path = actor.save_checkpoint(tmp_path / "ckpt")
+    actor.sync_weights()
+    actor.load_checkpoint(path)
+    _, entry = generate_entry(actor, prompts, {"seed": 11})
+    assert entry["actor/generate/stale"] == 1
+
+
+def test_an_unknown_engine_name_is_an_error_naming_the_known_engines(tiny_model_dir):
+    with pytest.raises(Exception, match=r"known engines are \['hf', 'vllm'\]"):
+        WorkerGroup(None, {"actor": RoleSpec(HybridActor, kwargs=actor_kwargs(tiny_model_dir, engine="sglang"))},
+                    backend="local")
+
+
+def test_the_engine_builders_are_exactly_the_engine_names_the_config_allows():
+    from rlkit.rollout.engine import ENGINE_NAMES
+    from rlkit.rollout.hybrid import ENGINE_BUILDERS
+
+    assert sorted(ENGINE_BUILDERS) == sorted(ENGINE_NAMES)

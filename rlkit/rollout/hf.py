@@ -174,12 +174,13 @@ def sample_responses(
 
 @dataclass
 class SyncStats:
-    """One weight "sync" of the hf engine: gathering the actor's shards in place for generation."""
+    """How the hf engine's weights got ready: a generate call's in-place gather of the actor's shards, or
+    `HFEngine.sync` (mode "in-place": nothing to move). A `rlkit.rollout.engine.SyncReport`."""
 
     mode: str
     """"gathered" (every FSDP module unsharded for the whole generation), "per-layer" (FSDP's own
-    per-forward gather, one layer at a time; nothing is held, so the sync is empty) or "unsharded"
-    (a plain one-rank module: there is nothing to gather)."""
+    per-forward gather, one layer at a time; nothing is held, so the sync is empty), "unsharded"
+    (a plain one-rank module: there is nothing to gather), or "in-place" (`HFEngine.sync`)."""
     seconds: float = 0.0
     """Wall time of the unshard (all-gathers included)."""
     bytes: int = 0
@@ -333,9 +334,14 @@ class HFEngine:
     out = engine.generate(prompts, SamplingParams(n=4, temperature=1.0, max_new_tokens=16))
     engine.last_sync      # SyncStats of the in-place gather
     ```
+    A `rlkit.rollout.engine.RolloutEngine`. Its weights ARE the trainer's parameters, so `sync` has
+    nothing to move (0 bytes, mode "in-place"): the per-call gather above is generation's own cost,
+    not a sync, and cannot be done ahead (training needs the memory back). The `stale` flag is kept
+    all the same, so that a caller sees the same sync bookkeeping from every engine.
     """
 
     name = "hf"
+    copies_weights = False  # generates on the trainer's own parameters
 
     def __init__(
         self,
@@ -373,7 +379,27 @@ class HFEngine:
         self.audit_memory = audit_memory
         self.calls = 0
         self.last_sync: SyncStats | None = None
-        self.last_stats: dict[str, float] = {}
+        self.generate_stats: dict[str, float] = {}
+        self._stale = False  # the engine starts on the trainer's parameters themselves
+
+    # ---------------------------------------------------------------- weights
+
+    @property
+    def stale(self) -> bool:
+        """`mark_stale` was called since the last `sync` (bookkeeping only: see the class docstring)."""
+        return self._stale
+
+    def mark_stale(self) -> None:
+        self._stale = True
+
+    def sync(self, *, force: bool = False) -> SyncStats:
+        """Nothing to move: generation reads the trainer's parameters, so they are always current.
+        Returns mode "in-place" with 0 seconds and 0 bytes, and clears `stale`. Not collective."""
+        self._stale = False
+        return SyncStats(mode="in-place", world_size=getattr(self.model, "world_size", 1))
+
+    def close(self) -> None:
+        """Nothing to free: the engine owns no weights or caches between calls."""
 
     # ---------------------------------------------------------------- public
 
@@ -384,11 +410,14 @@ class HFEngine:
         fields, the text fields and `group_id` of their prompt (its own `group_id`, or
         `group_offset + i` when the batch has none), and the response fields `response_ids`,
         `response_mask`, `rollout_logprobs`, `response_text` (when there is a tokenizer).
-        Other fields of `prompts` are not carried over.
+        Other fields of `prompts` are not carried over. On a `stale` engine it runs `sync` first
+        (recorded as `generate_stats["stale"]` = 1; it moves nothing here).
         """
         params.validate()
         if prompts.prompt_ids is None:
             raise ValueError(f"{self.name} engine: the Batch has no prompt_ids (fields set: {prompts.present_fields()})")
+        stale = self._stale
+        weight_sync = self.sync() if stale else None  # the fallback; trivial here (0 bytes)
         prompt_mask = prompts.prompt_mask if prompts.prompt_mask is not None else torch.ones_like(prompts.prompt_ids)
         check_left_padded(prompt_mask, f"{self.name} engine")
         group_id = prompts.group_id if prompts.group_id is not None else (
@@ -429,9 +458,14 @@ class HFEngine:
         sync.param_bytes_sharded, sync.param_bytes_peak = audit.param_bytes_sharded, audit.param_bytes_peak
         self.last_sync = sync
         new_tokens = int(responses.mask.sum())
-        self.last_stats = {"engine_seconds": seconds, "new_tokens": float(new_tokens),
-                           "new_tokens_per_s": new_tokens / seconds if seconds > 0 else 0.0,
-                           "forward_calls": float(responses.forward_calls), **sync.as_dict()}
+        self.generate_stats = {
+            "engine_seconds": seconds, "new_tokens": float(new_tokens),
+            "new_tokens_per_s": new_tokens / seconds if seconds > 0 else 0.0,
+            "forward_calls": float(responses.forward_calls), "stale": float(stale),
+            "sync_bytes": float(weight_sync.bytes if weight_sync else 0),
+            "sync_seconds": float(weight_sync.seconds if weight_sync else 0.0),
+            **sync.as_dict(),  # sync/*: the in-place gather (generation's own cost, not a weight sync)
+        }
 
         response_ids, response_mask = responses.ids.cpu(), responses.mask.cpu()
         text = None

