@@ -41,3 +41,18 @@ def test_micro_script_times_the_three_calls(tmp_path, capsys):
     assert set(row) == {"forward", "forward_backward", "decode_step"}
     for best, median in row.values():
         assert 0 < best <= median
+
+
+@pytest.mark.slow
+def test_prepare_overlap_smoke_times_both_modes_on_both_placements(capsys):
+    from benchmarks import prepare_overlap
+
+    out = prepare_overlap.main(["--smoke"])
+    assert capsys.readouterr().out.count("OVERLAP_JSON ") == 1
+    rows = {r["placement"]: r for r in out["rows"]}
+    assert rows["split"]["groups"] == [["actor"], ["ref", "critic"]]
+    assert rows["colocate"]["groups"] == [["actor", "ref", "critic"]]
+    for r in rows.values():
+        assert all(len(r["laps"][k]) == 1 for k in ("old_logprobs", "ref_logprobs", "values", "concurrent"))
+        assert r["sequential"] == pytest.approx(r["old_logprobs"] + r["ref_logprobs"] + r["values"])
+        assert 0 < r["process_bound"] <= r["sequential"] and r["concurrent"] > 0

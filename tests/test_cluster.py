@@ -348,15 +348,66 @@ def test_session_joins_running_ray_and_leaves_it_running(ray_cluster):
 
     from rlkit.session import Session
 
-    with Session(num_cpus=8) as s:
-        assert not s.runtime.owns_ray  # the fixture's cluster: joined, not owned
-        group = s.runtime.make_group({"counter": RoleSpec(Counter, kwargs={"start": 1})})
-        assert group.counter.bump() == [2]
-        pool = group.pool
-    assert s.closed and group.closed and pool.node_ids == []  # placement groups released
-    assert ray.is_initialized()
-    with pytest.raises(RuntimeError, match="is closed"):
-        group.counter.bump()
+    mine = None
+    try:
+        with Session(num_cpus=8) as s:
+            assert not s.runtime.owns_ray  # the fixture's cluster: joined, not owned
+            group = s.runtime.make_group({"counter": RoleSpec(Counter, kwargs={"start": 1})})
+            assert group.counter.bump() == [2]
+            pool = group.pool
+            assert s.runtime.groups == [group] and s.runtime.pools == [pool]
+            # Built directly while the Session is live: the caller's, not the Session's.
+            mine = WorkerGroup(ResourcePool(name="mine"), {"counter": RoleSpec(Counter)}, threads_per_worker=1)
+            assert s.runtime.groups == [group]
+        assert s.closed and group.closed and pool.node_ids == []  # placement groups released
+        assert ray.is_initialized()
+        with pytest.raises(RuntimeError, match="is closed"):
+            group.counter.bump()
+        assert not mine.closed and mine.counter.bump() == [1]
+    finally:
+        if mine is not None:
+            mine.close()
+            mine.pool.close()
+
+
+def test_each_runtime_closes_only_what_it_made(ray_cluster):
+    import ray
+
+    from rlkit.cluster import ClusterRuntime
+
+    a, b = ClusterRuntime().start(), ClusterRuntime().start()  # both join the fixture's cluster
+    try:
+        ga = a.make_group({"counter": RoleSpec(Counter)}, name="a")
+        gb = b.make_group({"counter": RoleSpec(Counter, kwargs={"start": 10})}, name="b")
+        assert a.groups == [ga] and a.pools == [ga.pool]
+        assert b.groups == [gb] and b.pools == [gb.pool]
+        a.close()
+        assert ga.closed and ga.pool.node_ids == [] and a.groups == [] and a.pools == []
+        assert not gb.closed and gb.counter.bump() == [11]
+        assert ray.is_initialized()  # a joined runtime leaves Ray running
+        with pytest.raises(RuntimeError, match="closed runtime"):
+            a.make_group({"counter": RoleSpec(Counter)})
+    finally:
+        a.close()
+        b.close()
+    assert gb.closed and gb.pool.node_ids == []
+
+
+def test_dropped_pool_releases_its_placement_groups(ray_cluster):
+    import gc
+
+    from ray.util.placement_group import placement_group_table
+
+    pool = ResourcePool(name="dropped")
+    WorkerGroup(pool, {"counter": RoleSpec(Counter)}, threads_per_worker=1).close()
+    pg = pool.placement_groups()[0]  # still placed: closing a group leaves its pool's slots reserved
+    assert placement_group_table(pg)["state"] == "CREATED"
+    del pool
+    gc.collect()
+    deadline = time.monotonic() + 10
+    while placement_group_table(pg)["state"] != "REMOVED" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert placement_group_table(pg)["state"] == "REMOVED"
 
 
 # ---- local backend ----------------------------------------------------------------------------

@@ -82,15 +82,17 @@ with Session(backend="local") as s0:
     facts["local_bump"] = g0.counter.bump()
     facts["local_ray"] = ray.is_initialized()
 
-# A Session starts a local Ray cluster; a group on it.
+# A Session starts a local Ray cluster; a group it makes, and one built directly (the caller's).
 s1 = Session(num_cpus=4)
-g1 = WorkerGroup(ResourcePool(nodes=1, devices_per_node=1), {"counter": RoleSpec(Counter)}, threads_per_worker=1)
+g1 = s1.runtime.make_group({"counter": RoleSpec(Counter)})
 facts["g1_bump"] = g1.counter.bump()
+mine = WorkerGroup(ResourcePool(nodes=1, devices_per_node=1), {"counter": RoleSpec(Counter)}, threads_per_worker=1)
+facts["mine_bump"] = mine.counter.bump()
 started = descendants()  # gcs, raylet, workers ... all started by this Session
 facts["n_started"] = len(started)
 core = ray_core()
 facts["n_core"] = len(core)
-g1_pids = g1.pids
+g1_pids, mine_pids = g1.pids, mine.pids
 
 # Re-running the cell: same settings, so the Ray cluster is reused and s1's workers are closed.
 t = time.monotonic()
@@ -98,21 +100,39 @@ with Session(num_cpus=4) as s2:
     facts["reuse_s"] = time.monotonic() - t
     facts["s1_closed"], facts["g1_closed"] = s1.closed, g1.closed
     facts["g1_left"] = gone_within(g1_pids, 15)
+    facts["mine_kept"] = not mine.closed and mine.counter.bump() == [2]  # not s1's to close
     s1.close()  # closing the replaced Session is a no-op: s2's cluster survives it
     g2 = s2.runtime.make_group({"counter": RoleSpec(Counter, kwargs={"start": 7})})
     facts["g2_bump"] = g2.counter.bump()
     facts["same_ray_core"] = core == ray_core()
     started |= descendants()
+    # Other settings: s2's Ray is shut down (taking `mine` with it) and a fresh one started.
+    with Session(num_cpus=3) as s3:
+        facts["s2_closed"], facts["mine_closed"] = s2.closed, mine.closed
+        facts["mine_left"] = gone_within(mine_pids, 15)
+        try:
+            mine.counter.bump()
+            facts["mine_call"] = "answered?!"
+        except RuntimeError as exc:
+            facts["mine_call"] = str(exc)
+        # Its pool forgot the old cluster's placement: it hosts a group on the new one.
+        again = WorkerGroup(mine.pool, {"counter": RoleSpec(Counter, kwargs={"start": 3})}, threads_per_worker=1)
+        facts["again_bump"] = again.counter.bump()
+        started |= descendants()
 facts["ray_after_with"] = ray.is_initialized()
 facts["all_left"] = gone_within(started, 20)
 print(json.dumps(facts))
 """
     )
     assert facts["local_bump"] == [6] and facts["local_ray"] is False
-    assert facts["g1_bump"] == [1] and facts["n_started"] >= 3
+    assert facts["g1_bump"] == [1] and facts["mine_bump"] == [1] and facts["n_started"] >= 3
     assert facts["s1_closed"] and facts["g1_closed"] and facts["g1_left"] == []
+    assert facts["mine_kept"]
     assert facts["reuse_s"] < 5, "re-using the live cluster should not restart Ray"
     assert facts["g2_bump"] == [8] and facts["same_ray_core"] and facts["n_core"] == 2
+    assert facts["s2_closed"] and facts["mine_closed"] and facts["mine_left"] == []
+    assert "was shut down" in facts["mine_call"], facts["mine_call"]
+    assert facts["again_bump"] == [4]
     assert facts["ray_after_with"] is False and facts["all_left"] == []
 
 @pytest.mark.slow
@@ -121,13 +141,17 @@ def test_two_node_cluster_places_one_rank_per_node():
     facts = run_script(
         _HELPERS
         + f"""
-import shutil
+import os, shutil
 from ray.cluster_utils import Cluster
 import ray
 from rlkit.session import Session
 from rlkit.cluster import ResourcePool, RoleSpec, WorkerGroup
 from tests.test_cluster import Scorer, make_batch
 
+from ray._common.utils import get_default_ray_temp_dir
+
+# Cluster.add_node writes the head's address under Ray's default temp dir, which it does not create.
+os.makedirs(get_default_ray_temp_dir(), exist_ok=True)
 cluster = Cluster(initialize_head=True, head_node_args={{"num_cpus": 3, "temp_dir": {temp_dir!r}}})
 cluster.add_node(num_cpus=3)
 cluster.wait_for_nodes()

@@ -85,6 +85,10 @@ class WorkerGroup:
     `threads_per_worker`: torch intra-op threads of each rank's process; None gives each
     rank its node's cores divided by `devices_per_node` (ray), or leaves this process's
     setting alone (local).
+
+    A group built here is its builder's to close (`close()`, or `with WorkerGroup(...)`);
+    one made by `ClusterRuntime.make_group` (a Session's) is closed with that runtime.
+    Either way its Ray workers end with the Ray connection they run on.
     """
 
     def __init__(
@@ -132,9 +136,6 @@ class WorkerGroup:
                 pool.release(self)
             raise
         self._impl = impl
-        from rlkit.cluster import runtime
-
-        runtime.track(self)
 
     # ---- public -------------------------------------------------------------------------------
 
@@ -165,7 +166,8 @@ class WorkerGroup:
 
     @property
     def closed(self) -> bool:
-        return self._closed
+        """True after `close()`, or once the Ray connection its workers ran on has ended (they died with it)."""
+        return self._closed or (self._impl is not None and self._impl.disconnected())
 
     def close(self) -> None:
         """Stop every worker process of the group (idempotent). The pool stays and can host a new group."""

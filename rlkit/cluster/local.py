@@ -99,6 +99,10 @@ class LocalBackend:
             raise
         self.pids = [os.getpid()]
 
+    def disconnected(self) -> bool:
+        """Never: the roles live in this process, whatever happens to Ray."""
+        return False
+
     def submit(self, role: str, method: str, calls: list[tuple[tuple, dict]], finish) -> WorkerFuture:
         if self.host is None:
             raise RuntimeError(f"{self.label} is closed")

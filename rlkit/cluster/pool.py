@@ -8,10 +8,17 @@ that excludes the nodes already taken. On a CPU-only cluster a "device" is a slo
 Placement is lazy: the placement groups are made when a Ray-backend worker group first
 needs them, so a pool can be described before Ray runs (and the local backend never
 touches Ray).
+
+Freeing: `close()` (or the `ClusterRuntime` whose `make_pool` made it) removes the
+placement groups; a pool dropped without `close()` removes them when it is garbage
+collected; and placement groups of a Ray connection that has since ended (Ray shut
+down, or restarted by a new Session) are forgotten, so the pool can host a group on
+the new cluster.
 """
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -42,6 +49,7 @@ class ResourcePool:
     _node_ids: list = field(default_factory=list, init=False, repr=False)
     _device: str | None = field(default=None, init=False, repr=False)
     _user: object = field(default=None, init=False, repr=False)
+    _connection: tuple | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self):
         for name in ("nodes", "devices_per_node"):
@@ -52,10 +60,10 @@ class ResourcePool:
             raise ValueError(f"ResourcePool.device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
         if not self.cpus_per_device > 0:
             raise ValueError(f"ResourcePool.cpus_per_device must be > 0, got {self.cpus_per_device!r}")
-        # Registered so that the runtime (Session) can free the pool on close.
-        from rlkit.cluster import runtime
-
-        runtime.track(self)
+        # A dropped pool frees its placement groups (Ray keeps them until the job ends otherwise). Not at
+        # exit: Ray's own shutdown removes them then.
+        self._finalizer = weakref.finalize(self, _remove_quietly, self._groups)
+        self._finalizer.atexit = False
 
     @property
     def world_size(self) -> int:
@@ -88,6 +96,7 @@ class ResourcePool:
 
     def placement_groups(self) -> list:
         """The pool's placement groups, one per node in node-rank order (created on first use)."""
+        self._forget_if_gone()
         if self._groups:
             return self._groups
         import ray
@@ -96,6 +105,7 @@ class ResourcePool:
         if not ray.is_initialized():
             raise RuntimeError(f"{self.label}: Ray is not running; start an rlkit.Session (or ray.init) first")
         bundles = [self.bundle() for _ in range(self.devices_per_node)]
+        self._connection = _current_connection()
         try:
             for node_rank in range(self.nodes):
                 selector = {}
@@ -128,29 +138,35 @@ class ResourcePool:
 
     @property
     def node_ids(self) -> list[str]:
-        """Ray node id of each node rank (after placement)."""
+        """Ray node id of each node rank (after placement on the current Ray connection)."""
+        self._forget_if_gone()
         return list(self._node_ids)
 
     def close(self) -> None:
         """Release the placement groups (worker groups on the pool must be closed first)."""
-        if self._groups:
-            try:
-                import ray
-                from ray.util.placement_group import remove_placement_group
+        self._forget_if_gone()
+        try:
+            _remove_groups(self._groups)
+        finally:
+            self._forget()
 
-                if ray.is_initialized():
-                    for pg in self._groups:
-                        remove_placement_group(pg)
-            finally:
-                self._groups.clear()
-                self._node_ids.clear()
+    def _forget(self) -> None:
+        self._groups.clear()
+        self._node_ids.clear()
         self._user = None
         self._device = None
+        self._connection = None
+
+    def _forget_if_gone(self) -> None:
+        """Drop placement (and the hosting group) made on a Ray connection that has ended: they died with it."""
+        if self._groups and self._connection != _current_connection():
+            self._forget()
 
     # ---- bookkeeping --------------------------------------------------------------------------
 
     def claim(self, user: object, what: str) -> None:
         """One live worker group per pool: colocated roles go into the SAME group (one process per slot)."""
+        self._forget_if_gone()
         if self._user is not None and self._user is not user:
             raise RuntimeError(
                 f"{self.label} already hosts a live worker group; put colocated roles in one WorkerGroup "
@@ -161,6 +177,35 @@ class ResourcePool:
     def release(self, user: object) -> None:
         if self._user is user:
             self._user = None
+
+
+def _current_connection() -> tuple | None:
+    from rlkit.cluster.runtime import ray_connection
+
+    return ray_connection()
+
+
+def _remove_groups(groups: list) -> None:
+    """Remove placement groups on the live connection (a pool's close, or its finalizer; idempotent)."""
+    if not groups:
+        return
+    try:
+        import ray
+        from ray.util.placement_group import remove_placement_group
+
+        if ray.is_initialized():
+            for pg in groups:
+                remove_placement_group(pg)
+    finally:
+        groups.clear()
+
+
+def _remove_quietly(groups: list) -> None:
+    # The finalizer of a dropped pool: nobody is there to hear an error (e.g. a connection since replaced).
+    try:
+        _remove_groups(groups)
+    except Exception:  # noqa: BLE001
+        pass
 
 
 def _free_per_node() -> str:

@@ -61,6 +61,7 @@ class RayBackend:
         self.node_ids: list[str] = []
         self.role_names: list[str] = []
         self.dead: tuple[int, str, str] | None = None  # (rank, call that found it dead, Ray's cause)
+        self.connection: tuple | None = None  # the Ray connection the actors belong to (`ray_connection()`)
 
     # ---- start-up -----------------------------------------------------------------------------
 
@@ -68,8 +69,11 @@ class RayBackend:
         import ray
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+        from rlkit.cluster.runtime import ray_connection
+
         self.role_names = list(roles)
         groups = self.pool.placement_groups()
+        self.connection = ray_connection()
         cuda = self.pool.resolved_device() == "cuda"
         # Threads are set with torch.set_num_threads in setup(): a runtime_env just for OMP_NUM_THREADS
         # would cost a fresh worker process start (seconds) per rank.
@@ -126,6 +130,13 @@ class RayBackend:
         on_death = lambda rank, cause: self._death(rank, f"(while starting the group: {step}) {cause}")  # noqa: E731
         return RayFuture(refs, "(start-up)", step, lambda values: values, on_death, self.world_size).result()
 
+    def disconnected(self) -> bool:
+        """True once the Ray connection the actors were made on has ended (Ray shut down or restarted):
+        they died with it, and their handles mean nothing to a later connection."""
+        from rlkit.cluster.runtime import ray_connection
+
+        return bool(self.actors) and self.connection != ray_connection()
+
     # ---- calls --------------------------------------------------------------------------------
 
     def _death(self, rank: int, cause: str, role: str = "", method: str | None = None) -> WorkerDiedError:
@@ -139,6 +150,9 @@ class RayBackend:
 
         if not self.actors:
             raise RuntimeError(f"{self.label} is closed")
+        if self.disconnected():
+            raise RuntimeError(f"{self.label}: the Ray cluster its workers ran on was shut down (or replaced by a "
+                               f"new Session's); its workers are gone, create a new WorkerGroup")
         if self.dead is not None:
             rank, during, cause = self.dead
             raise WorkerDiedError(role, None, rank, self.world_size, self.role_names,
@@ -169,7 +183,8 @@ class RayBackend:
     def close(self) -> None:
         import ray
 
-        if self.actors and ray.is_initialized():
+        # Actors of an ended connection are already gone (and their handles mean nothing to a new one).
+        if self.actors and not self.disconnected():
             for actor in self.actors:
                 try:
                     ray.kill(actor, no_restart=True)

@@ -1,10 +1,18 @@
-"""The cluster lifecycle a Session composes: start or join Ray, free everything on close.
+"""The cluster lifecycle a Session composes: start or join Ray, free what it made on close.
 
-One `ClusterRuntime` is live per process (a module-level registry): acquiring a new one
-(re-running the notebook cell that makes a Session) closes the previous one's worker
-groups and pools and reuses its Ray cluster when the settings match, or shuts it down
-when they do not. Nothing leaks: every pool and worker group registers itself here
-when made, tagged with the runtime that was live at the time, and is closed with it.
+Ownership: a runtime records the pools and worker groups it creates itself
+(`make_pool` / `make_group`, in `rt.pools` / `rt.groups`) and `close()` closes exactly
+those, groups before pools. A pool or group built directly (`WorkerGroup(pool, roles)`)
+belongs to the code that built it: close it yourself (`with WorkerGroup(...) as g:`),
+or let Ray's end take it. Its workers die with the Ray connection they ran on: a runtime
+that owns Ray shuts it down on close (and at exit, for the implicit runtime that
+`ensure_ray` starts), and a group or pool outliving its connection notices
+(`ray_connection()`): the group reads as closed and the pool is free for a new group.
+
+One `ClusterRuntime` is live per process, because a process has one Ray connection:
+acquiring a new one (re-running the notebook cell that makes a Session) closes the
+previous one's groups and pools and reuses its Ray cluster when the settings match, or
+shuts it down when they do not.
 
 A runtime shuts Ray down on `close()` only if it started (or inherited) that Ray
 connection; a Ray already running in the process (`ray.init` by the user, a test
@@ -20,20 +28,31 @@ import tempfile
 import weakref
 from typing import Any
 
-# The live runtime (a Session's, or the implicit one `ensure_ray` makes); None when none is live.
+# The process's Ray connection as rlkit holds it: the runtime of the latest Session (or the implicit one
+# `ensure_ray` makes), which the next `acquire` replaces. It tags nothing; each runtime keeps its own objects.
 _LIVE: "ClusterRuntime | None" = None
-# Every pool and worker group made in this process -> the runtime live when it was made (or None).
-_TRACKED: "weakref.WeakKeyDictionary[Any, ClusterRuntime | None]" = weakref.WeakKeyDictionary()
-
-
-def track(obj: Any) -> None:
-    """Register a pool or worker group so that closing its runtime closes it too."""
-    _TRACKED[obj] = _LIVE
 
 
 def live() -> "ClusterRuntime | None":
     """The live runtime of this process, if any."""
     return _LIVE if _LIVE is not None and not _LIVE.closed else None
+
+
+def ray_connection() -> tuple | None:
+    """Identity of this process's current Ray connection (None when Ray is not running here).
+
+    Placement groups and actors belong to the connection that made them and die with it; a pool or
+    group compares this with what it recorded at start to tell a live connection from a later one
+    (a restarted local cluster has a new node id, a re-joined remote one a new job id)."""
+    import ray
+
+    if not ray.is_initialized():
+        return None
+    try:
+        ctx = ray.get_runtime_context()
+        return (ctx.get_node_id(), ctx.get_job_id())
+    except Exception:  # noqa: BLE001 - e.g. a Ray client without these: cannot tell, assume the same
+        return ("connected",)
 
 
 def ensure_ray() -> None:
@@ -96,6 +115,10 @@ class ClusterRuntime:
         """Ray's session folder when this runtime started a local cluster."""
         self.closed = False
         self.started = False
+        # What make_pool / make_group made, oldest first. Weak: a group or pool the caller dropped is freed
+        # by the garbage collector (Ray kills actors whose handles are gone; a pool removes its placement
+        # groups), not kept alive until close().
+        self._made: list[weakref.ref] = []
 
     # ---- lifecycle ----------------------------------------------------------------------------
 
@@ -190,15 +213,14 @@ class ClusterRuntime:
         self.closed = True
         if _LIVE is self:
             _LIVE = None
-        # Everything dies with Ray, but close what we own explicitly so pools/groups know it.
-        from rlkit.cluster.group import WorkerGroup
-
-        owned = [obj for obj, owner in list(_TRACKED.items()) if self.owns_ray or owner is self]
-        for obj in sorted(owned, key=lambda o: 0 if isinstance(o, WorkerGroup) else 1):  # groups before pools
+        # Ray's shutdown would kill them anyway, but closing first stops the workers in order, marks the
+        # groups closed and releases the placement groups of a cluster that stays up (a joined one).
+        for obj in [*self.groups, *self.pools]:  # groups before pools: a pool outlives its group's workers
             try:
                 obj.close()
-            except Exception:  # noqa: BLE001 - best effort, the process is going away
+            except Exception:  # noqa: BLE001 - best effort: free the rest
                 pass
+        self._made = []
         if self.owns_ray:
             import ray
 
@@ -219,21 +241,56 @@ class ClusterRuntime:
         where = self.address or ("local cluster" if self.backend == "ray" else "in-process")
         return f"<ClusterRuntime backend={self.backend!r} {where} {state}>"
 
-    # ---- helpers for the Session: pools and groups from the config's cluster section ----------
+    # ---- what this runtime made (and frees on close) ------------------------------------------
+
+    @property
+    def groups(self) -> list:
+        """The worker groups `make_group` made that are still open, oldest first: what `close()` stops."""
+        from rlkit.cluster.group import WorkerGroup
+
+        return [g for g in self._alive() if isinstance(g, WorkerGroup) and not g.closed]
+
+    @property
+    def pools(self) -> list:
+        """The resource pools `make_pool` made, oldest first: `close()` releases their placement groups."""
+        from rlkit.cluster.pool import ResourcePool
+
+        return [p for p in self._alive() if isinstance(p, ResourcePool)]
+
+    def _alive(self) -> list:
+        objs = [ref() for ref in self._made]
+        self._made = [ref for ref, obj in zip(self._made, objs) if obj is not None]
+        return [obj for obj in objs if obj is not None]
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise RuntimeError(f"{self!r}: cannot make pools or groups on a closed runtime (a newer Session "
+                               f"replaces the previous one); use the live Session's runtime")
+
+    # ---- pools and groups from the config's cluster section ------------------------------------
 
     def make_pool(self, **overrides):
-        """A `ResourcePool` from the config's cluster section (nodes, devices_per_node, device), with overrides."""
+        """A `ResourcePool` from the config's cluster section (nodes, devices_per_node, device), with
+        overrides; recorded here, so `close()` releases its placement groups."""
         from rlkit.cluster.pool import ResourcePool
 
         fields = {name: getattr(self.cluster, name) for name in ("nodes", "devices_per_node", "device")
                   if self.cluster is not None and getattr(self.cluster, name, None) is not None}
         fields.update(overrides)
-        return ResourcePool(**fields)
+        self._check_open()
+        pool = ResourcePool(**fields)
+        self._made.append(weakref.ref(pool))
+        return pool
 
     def make_group(self, roles: dict, pool=None, *, name: str = ""):
-        """A `WorkerGroup` with this runtime's backend and the config's `threads_per_worker`."""
+        """A `WorkerGroup` with this runtime's backend and the config's `threads_per_worker`, on `pool`
+        (default: a new `make_pool()`); recorded here, so `close()` stops its workers. A pool passed in
+        stays its maker's: closing the group only releases it for the next group."""
         from rlkit.cluster.group import WorkerGroup
 
+        self._check_open()
         threads = getattr(self.cluster, "threads_per_worker", None) if self.cluster is not None else None
-        return WorkerGroup(pool if pool is not None else self.make_pool(), roles, backend=self.backend,
-                           threads_per_worker=threads, name=name)
+        group = WorkerGroup(pool if pool is not None else self.make_pool(), roles, backend=self.backend,
+                            threads_per_worker=threads, name=name)
+        self._made.append(weakref.ref(group))
+        return group
