@@ -140,12 +140,42 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_train)
 
 
+def _plan_arg(flag: str, parse, value):
+    """`parse(value)`, or None when the flag was not given; a bad value's error names the flag."""
+    if value is None:
+        return None
+    try:
+        return parse(value)
+    except ValueError as err:
+        raise ValueError(f"{flag}: {err}") from None
+
+
 def _run_plan(args: argparse.Namespace) -> int:
-    from rlkit.planner import format_plan, plan_from_config
+    from rlkit.planner import format_plan, parse_cluster, plan_from_config
+    from rlkit.planner.api import model_spec, plan_workload
 
     cfg = _config(args)
-    print(format_plan(plan_from_config(cfg, cluster=args.cluster), top=args.top))
+    model = _plan_arg("--model", model_spec, args.model)
+    cluster = _plan_arg("--cluster", parse_cluster, args.cluster)
+    sizes = {"prompts": args.prompts, "samples_per_prompt": args.samples_per_prompt, "prompt_len": args.prompt_len,
+             "response_len": args.response_len}
+    try:  # sizes are whole numbers >= 1 (argparse): what is left to reject is one sample for a group-relative algo
+        workload = plan_workload(cfg, paper=model is not None, **sizes)
+    except ValueError as err:
+        raise ValueError(f"--samples-per-prompt: {err}") from None
+    print(format_plan(plan_from_config(cfg, cluster=cluster, model=model, workload=workload), top=args.top))
     return 0
+
+
+def _positive_int(text: str) -> int:
+    """argparse type of the workload sizes: a count of prompts or tokens is a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return value
 
 
 def _add_plan(sub: argparse._SubParsersAction) -> None:
@@ -155,11 +185,26 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
         "plan",
         help="choose placement and parallel sizes for a config from the cost model (auto-mapping)",
         description="Search placements of the run's models (which share devices) and their parallel sizes, "
-        "and print the best mapping with predicted iteration time and memory, and the alternatives.",
+        "and print the best mapping with predicted iteration time and memory, and the alternatives. The models "
+        "and calls are the config's algorithm's (--algo); --model plans it at another model size. Only the "
+        "strategies rlkit runs are searched (FSDP, no tensor/pipeline parallelism).",
     )
     add_config_args(p)
+    p.add_argument("--model", default=None,
+                   help="the policy to plan (reference and critic take its shape): a Llama size key (7b, 13b, 34b, "
+                   "70b, or llama-13b ...), a local model folder with config.json, or a hub name already in the "
+                   "local cache (default: the config's model); with --model the workload defaults to the paper's "
+                   "(1024 prompts, 1024 prompt + 1024 response tokens)")
     p.add_argument("--cluster", default=None,
                    help='devices to plan for, e.g. "128xA100-80GB" or "8xH100" (default: the config\'s cluster)')
+    workload = p.add_argument_group("workload (default: the paper's with --model, else the config's step)")
+    workload.add_argument("--prompts", type=_positive_int, default=None, metavar="N", help="prompts per step")
+    workload.add_argument("--samples-per-prompt", "--n", dest="samples_per_prompt", type=_positive_int,
+                          default=None, metavar="N", help="responses per prompt (the paper's default: 1; group-relative "
+                          "algorithms such as GRPO keep the config's rollout.n)")
+    workload.add_argument("--prompt-len", type=_positive_int, default=None, metavar="TOKENS", help="tokens per prompt")
+    workload.add_argument("--response-len", type=_positive_int, default=None, metavar="TOKENS",
+                          help="generated tokens per response")
     p.add_argument("--top", type=int, default=10, help="alternatives to list (default: 10)")
     p.set_defaults(func=_run_plan)
 

@@ -366,3 +366,136 @@ def test_workload_and_cluster_inputs_are_checked_with_named_errors():
     with pytest.raises(ValueError, match="unknown device"):
         parse_cluster("8xTPU")
     assert parse_cluster("16 x H200").device.name == "H200" and parse_cluster("16xH200").nodes == 2
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Planning from the algorithm's spec, model sizes and workloads of a Config
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class _SpecOnly:
+    """An algorithm known only by its spec: the planner must read the spec, not a table of names."""
+
+    def __init__(self, spec):
+        self.spec = spec
+
+    def prepare(self, stages, batch):
+        return batch
+
+    def actor_loss(self, outputs, mb, global_tokens, global_seqs):
+        return 0.0, {}
+
+
+def _register(monkeypatch, name, spec):
+    from rlkit.algos import base
+
+    monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))  # the registration ends with the test
+    base.register_algorithm(name, lambda cfg: _SpecOnly(spec))
+
+
+def _generate_calls(flow):
+    return [c for st in flow.stages if st.name == "generate" for c in st.calls]
+
+
+def test_config_models_follow_the_spec_safe_rlhf_trains_no_critic():
+    from rlkit.config import Config
+    from rlkit.planner.api import config_dataflow, config_models
+
+    cfg = Config.preset("arithmetic-tiny", algo__name="safe_rlhf")
+    models = config_models(cfg)
+    assert set(models) == {"actor", "ref"}  # its spec: no critic (the old name table gave it one)
+    flow = config_dataflow(cfg, models)
+    assert flow.name == "safe_rlhf" and not any(flow.calls_of("critic"))
+    no_kl = Config.preset("arithmetic-tiny", algo__name="ppo", algo__kl_coef=0.0)
+    assert set(config_models(no_kl)) == {"actor", "critic"}  # kl_coef = 0: the spec needs no reference
+
+
+def test_a_registered_algorithm_gets_the_models_and_greedy_generation_its_spec_declares(monkeypatch):
+    from rlkit.algos.base import AlgorithmSpec
+    from rlkit.config import Config
+    from rlkit.planner.api import config_dataflow, config_models
+
+    _register(monkeypatch, "critic_baseline", AlgorithmSpec(needs_critic=True, greedy_baseline=True))
+    cfg = Config.preset("arithmetic-tiny", algo__name="critic_baseline")
+    assert cfg.algo.kl_coef > 0  # the config asks for a KL term, the spec builds no reference: the spec wins
+    models = config_models(cfg)
+    assert set(models) == {"actor", "critic"} and models["critic"].value_head
+    gen = _generate_calls(config_dataflow(cfg, models))
+    assert [(c.role, c.samples_per_prompt) for c in gen] == [("actor", None), ("actor", 1)]
+    p = plan_from_config(cfg, cluster="8xH100")
+    assert {r for g in p.best.groups for r in g.roles} == {"actor", "critic"}
+
+
+def test_remax_plans_the_greedy_baseline_generation_and_grpo_does_not():
+    from rlkit.config import Config
+    from rlkit.planner.api import config_dataflow, config_models
+
+    flows = {}
+    for algo in ("remax", "grpo"):
+        cfg = Config.preset("arithmetic-tiny", algo__name=algo)
+        flows[algo] = config_dataflow(cfg, config_models(cfg))
+    assert [c.samples_per_prompt for c in _generate_calls(flows["remax"])] == [None, 1]
+    assert [c.samples_per_prompt for c in _generate_calls(flows["grpo"])] == [None]
+
+
+def test_more_devices_than_sequences_gives_a_plan_that_uses_them_all_not_an_empty_min():
+    # The config's step has 16 prompts x 4 = 64 sequences; rlkit's space (FSDP, no tp/pp) caps a model at one
+    # data-parallel replica per sequence, so no model has a strategy on all 128 devices: the search used to take
+    # min() over that empty list. The models split the devices instead.
+    from rlkit.config import Config
+
+    cfg = Config.preset("arithmetic-tiny", algo__name="ppo")
+    p = plan_from_config(cfg, cluster="128xA100-80GB")
+    assert p.workload.sequences == 64 and sum(pool.devices for pool in p.to_pools()) == 128
+    for m in p.candidates:
+        assert all(s.dp <= 64 for g in m.groups for s in g.strategies)
+
+
+def test_a_cluster_one_model_cannot_keep_busy_is_a_named_error_not_a_memory_one():
+    flow = Dataflow("sft", (Stage("train", (Call("actor", "train"),)),))
+    wl = Workload(prompts=4, prompt_len=64, response_len=64)
+    space = SearchSpace(three_d=False, fsdp=True, max_tp=1, pipeline=False)
+    with pytest.raises(PlanError, match=r"keeps all 16 x A100-80GB busy: with 4 sequences per step .* actor 4\b"):
+        plan({"actor": SMALL}, cluster("A100-80GB", 16), dataflow=flow, workload=wl, space=space)
+    # with tensor parallelism allowed, 4 replicas x tp 4 use the 16 devices
+    assert plan({"actor": SMALL}, cluster("A100-80GB", 16), dataflow=flow, workload=wl,
+                space=SearchSpace(three_d=True, fsdp=False, pipeline=False)).best.groups[0].devices == 16
+
+
+def test_plan_from_config_at_a_llama_size_on_the_papers_workload():
+    from rlkit.config import Config
+    from rlkit.planner.api import PAPER_WORKLOAD, plan_workload
+
+    cfg = Config.preset("arithmetic-tiny", algo__name="ppo")
+    p = plan_from_config(cfg, cluster="16xA100-80GB", model="llama-13b", workload=plan_workload(cfg, paper=True))
+    assert {m.name for m in p.models.values()} == {"llama-13b", "llama-13b-value"}
+    assert p.workload == PAPER_WORKLOAD
+    # generation runs on whole gathered bf16 weights (tg=1): 13.0e9 params x 2 bytes on every actor device
+    assert p.best.memory_per_device > LLAMA["13b"].num_params * 2
+    assert p.best.iteration_time > 10  # 2M tokens through a 13B model three times on 16 GPUs: minutes, not ms
+
+
+def test_plan_workload_defaults_and_overrides():
+    from rlkit.config import Config
+    from rlkit.planner.api import PAPER_WORKLOAD, config_workload, plan_workload
+
+    ppo = Config.preset("arithmetic-tiny", algo__name="ppo")
+    assert plan_workload(ppo) == config_workload(ppo)
+    assert plan_workload(ppo, paper=True, prompts=256, response_len=512) == replace(
+        PAPER_WORKLOAD, prompts=256, response_len=512)
+    grpo = Config.preset("arithmetic-tiny", algo__name="grpo")
+    assert plan_workload(grpo, paper=True).samples_per_prompt == grpo.rollout.n >= 2  # a group to compare in
+    with pytest.raises(ValueError, match="'grpo' compares the samples of one prompt"):
+        plan_workload(grpo, paper=True, samples_per_prompt=1)
+
+
+def test_model_names_resolve_offline_and_an_unknown_one_fails_at_once(tiny_model_dir):
+    from rlkit.planner.api import model_spec
+
+    assert model_spec("13b") is LLAMA["13b"] and model_spec("Llama-70B") is LLAMA["70b"]
+    assert model_spec(str(tiny_model_dir)).layers == 3
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=r"'nope-xyz' is not a Llama size key .* no hub model of that name is in "
+                                         r"the local cache"):
+        model_spec("nope-xyz")
+    assert time.perf_counter() - start < 5  # no hub retries

@@ -15,6 +15,7 @@ sequence (prompt + response), n = devices of the model = dp * tp * pp.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 from rlkit.planner.devices import ClusterSpec, allgather_time, ring_allreduce_time
@@ -122,15 +123,27 @@ class ModelSpec:
         return spec
 
     @classmethod
-    def from_pretrained(cls, path: str) -> ModelSpec:
-        """The shape of a local model folder or cached hub model (reads config.json only; nothing downloads)."""
+    def from_pretrained(cls, path: str, *, download: bool = False) -> ModelSpec:
+        """The shape of a local model folder or a hub model (reads config.json only).
+
+        By default nothing downloads: a hub name must already be in the local cache, so a name that is not
+        fails at once instead of after the hub client's retries on a machine without network. `download=True`
+        (a config's own model paths, which the run downloads anyway) may fetch config.json."""
         from transformers import AutoConfig
 
+        local = os.path.isdir(path)
         try:
-            config = AutoConfig.from_pretrained(path)
+            config = AutoConfig.from_pretrained(path, local_files_only=not (download or local))
         except (OSError, ValueError) as err:
-            raise ValueError(f"ModelSpec.from_pretrained: cannot read the config of model {path!r} (a local folder "
-                             f"with config.json, or a hub model already in the local cache): {err}") from err
+            if local or download:
+                reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            elif path.startswith(("/", ".", "~")) or os.path.exists(path):
+                reason = "no such folder"
+            else:
+                reason = (f"not a local folder, and no hub model of that name is in the local cache (nothing is "
+                          f"downloaded here: fetch its config first with "
+                          f"huggingface_hub.hf_hub_download({path!r}, 'config.json'))")
+            raise ValueError(f"ModelSpec.from_pretrained: cannot read the config of model {path!r}: {reason}") from None
         return cls.from_hf_config(config, name=str(path).rstrip("/").split("/")[-1])
 
 

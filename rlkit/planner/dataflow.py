@@ -92,7 +92,10 @@ def rl_dataflow(name: str, *, critic: bool, reference: bool = True, reward_model
                            Stage("train", tuple(train))))
 
 
+# The paper's dataflows (every model a network, a reward model included) for `plan(model, cluster)` and the
+# paper study. A Config is planned from its algorithm's AlgorithmSpec instead (`api.config_dataflow`): rlkit's
+# safe_rlhf, for one, trains no critic, unlike the paper's Safe-RLHF below.
 PPO = rl_dataflow("ppo", critic=True)
 REMAX = rl_dataflow("remax", critic=False, greedy_baseline=True)
 GRPO = rl_dataflow("grpo", critic=False)
-SAFE_RLHF = rl_dataflow("safe-rlhf", critic=True, cost_model=True)
+SAFE_RLHF = rl_dataflow("safe_rlhf", critic=True, cost_model=True)

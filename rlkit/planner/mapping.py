@@ -11,7 +11,8 @@ from rlkit.planner.devices import ClusterSpec
 
 
 class PlanError(ValueError):
-    """No mapping fits: the message says which models and how much memory is missing."""
+    """No mapping fits: the message says which models and how much memory is missing, or, when memory is not
+    the reason, that the workload has too few sequences to keep every device busy."""
 
 
 @dataclass(frozen=True)

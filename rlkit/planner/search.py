@@ -263,6 +263,8 @@ class _Search:
         scored exactly (generation batch and recomputation depend on the memory the whole group leaves free).
         """
         per_role = [self.options(r, n) for r in roles]
+        if not all(per_role):  # a model with no strategy the space allows on n devices: no plan, no memory deficit
+            return None
         # roles whose cost depends on the group's free memory (generation) first: partial combinations are only
         # compared when they agree on those roles' strategies
         order = sorted(range(len(roles)), key=lambda i: not any(o.generates for o in per_role[i]))
@@ -341,6 +343,14 @@ class _Search:
                 best = Mapping(tuple(groups), stage_times, self.workload.tokens)
         return best, scored
 
+    def reach(self, role: str) -> int | None:
+        """The most devices one model can run on alone (None: none). Below N when no allowed strategy uses them
+        all: data-parallel replicas are capped at the sequences per step, so with tensor and pipeline
+        parallelism off, 64 sequences cannot keep 128 devices busy."""
+        usable = [n for n in group_sizes(self.cluster.num_devices, self.cluster.devices_per_node)
+                  if self.options(role, n)]
+        return max(usable, default=None)
+
     def deficit(self, roles: tuple[str, ...], n: int) -> float:
         """Bytes per device missing for the group at n devices (0 if it fits)."""
         return 0.0 if self.group(roles, n) is not None else self._deficit.get((roles, n), math.inf)
@@ -357,18 +367,24 @@ def search(models: dict[str, ModelSpec], dataflow: Dataflow, workload: Workload,
     start = time.perf_counter()
     s = _Search(models, dataflow, workload, cluster, space)
     roles, N = dataflow.roles, cluster.num_devices
-    for role in roles:  # a model that does not fit even alone on every device: name it
-        if s.group((role,), N) is None:
-            raise PlanError(_missing_message(f"model {role!r} ({_describe(models[role])}) does", s.deficit((role,), N),
-                                             cluster))
+    reach = {role: s.reach(role) for role in roles}
+    for role, n in reach.items():  # a model that does not fit even alone on all the devices it can use: name it
+        if n is None:
+            raise PlanError(f"plan: the search space allows no strategy for model {role!r} ({_describe(models[role])}) "
+                            f"on any group of {cluster}: {space}")
+        if s.group((role,), n) is None:
+            raise PlanError(_missing_message(f"model {role!r} ({_describe(models[role])}) does", s.deficit((role,), n),
+                                             cluster, n))
     candidates, scored = [], 0
     for placement in set_partitions(roles):
         mapping, n_scored = s.best_mapping(placement)
         scored += n_scored
         if mapping is not None:
             candidates.append(mapping)
+    if not candidates and all(n == N for n in reach.values()):
+        raise PlanError(_missing_message(f"the models {list(roles)} together do", s.deficit(roles, N), cluster, N))
     if not candidates:
-        raise PlanError(_missing_message(f"the models {list(roles)} together do", s.deficit(roles, N), cluster))
+        raise PlanError(_idle_message(reach, workload, cluster))
     candidates.sort(key=lambda m: m.iteration_time)
     colocated = next((m for m in candidates if len(m.groups) == 1), None)
     return Plan(candidates[0], candidates, colocated, dict(models), dataflow, workload, cluster, space,
@@ -380,11 +396,22 @@ def _describe(model: ModelSpec) -> str:
         f"{model.name}, {model.num_params / 1e6:.2f}M params"
 
 
-def _missing_message(what: str, per_device: float, cluster: ClusterSpec) -> str:
+def _missing_message(what: str, per_device: float, cluster: ClusterSpec, devices: int) -> str:
     dev, N = cluster.device, cluster.num_devices
     cap = dev.usable_memory
-    return (f"{what} not fit on {N} x {dev.name}: even with every state sharded over all {N} devices it "
+    over = f"all {N} devices" if devices == N else f"the {devices} devices it can use at most"
+    return (f"{what} not fit on {N} x {dev.name}: even with every state sharded over {over} it "
             f"needs {(cap + per_device) / GiB:.1f} GiB per device, but a device offers {cap / GiB:.1f} GiB "
             f"({dev.usable_memory_fraction:.0%} of {dev.memory / GiB:.1f} GiB): {per_device / GiB:.1f} GiB per device "
-            f"({per_device * N / GiB:.1f} GiB in total) missing. Add devices, use devices with more memory, "
+            f"({per_device * devices / GiB:.1f} GiB in total) missing. Add devices, use devices with more memory, "
             f"or smaller models.")
+
+
+def _idle_message(reach: dict[str, int], workload: Workload, cluster: ClusterSpec) -> str:
+    """Why no placement uses the whole cluster when memory is not the reason: too few sequences to share out."""
+    most = ", ".join(f"{role} {n}" for role, n in reach.items())
+    return (f"no placement of the models {list(reach)} keeps all {cluster.num_devices} x {cluster.device.name} "
+            f"busy: with {workload.sequences} sequences per step (at most one data-parallel replica per sequence) "
+            f"and the tensor/pipeline sizes the search space allows, the most devices each model can use is: "
+            f"{most}. Plan for fewer devices, more sequences per step (prompts x samples per prompt), or a "
+            f"SearchSpace with tensor/pipeline parallelism.")
