@@ -57,8 +57,9 @@ def trained(tmp_path_factory):
 
 
 def test_dashboard_gets_exactly_one_update_per_stage(trained):
-    assert trained["counts"] == {"generate": 2, "prepare": 2, "learn": 2}
-    assert trained["updates"] == 6
+    # learn ends with its own weight-sync stage (time/sync, weight_sync/bytes)
+    assert trained["counts"] == {"generate": 2, "prepare": 2, "learn": 2, "sync": 2}
+    assert trained["updates"] == 8
     dash = trained["session"].dashboard
     # one point per step for every stage time, with the values the step stats report
     for stage in ("generate", "prepare", "learn"):

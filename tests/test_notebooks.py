@@ -104,7 +104,7 @@ def check_custom(nb, workdir: Path) -> None:
 
 
 def check_dashboard(nb, workdir: Path) -> None:
-    assert "{'generate': 3, 'prepare': 3, 'learn': 3}" in text_of(nb, code_cell(nb, "history = s.train(3)"))
+    assert "{'generate': 3, 'prepare': 3, 'learn': 3, 'sync': 3}" in text_of(nb, code_cell(nb, "history = s.train(3)"))
     memory = text_of(nb, code_cell(nb, "host RSS (GiB)"))
     for role in ("actor", "critic", "ref", "driver"):
         assert role in memory, role
