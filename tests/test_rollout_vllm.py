@@ -429,6 +429,12 @@ def tensor_parallel(ray_cluster, model_dirs):
         pytest.skip(f"vLLM is not importable here ({VLLM_MISSING})")
     from rlkit.rollout.hybrid import HybridActor
 
+    # What a killed earlier TP engine leaves behind (vLLM's segment names do not change between runs):
+    # without `remove_stale_cpu_shm` rank 1 fails with "create shm in SHMManager failed. errno: 17".
+    leftover = "/dev/shm/-tp:0-[0-1]-cpushm_1"
+    if os.path.isdir("/dev/shm") and not os.path.exists(leftover):
+        with open(leftover, "wb") as fh:
+            fh.write(b"\0" * 4096)
     pool = ResourcePool(nodes=1, devices_per_node=2)
     kwargs = hybrid_kwargs(model_dirs["qwen2-1m"], vllm={**ENGINE, "tensor_parallel_size": 2})
     group = WorkerGroup(pool, {"actor": RoleSpec(HybridActor, kwargs=kwargs)}, backend="ray", threads_per_worker=1)

@@ -54,6 +54,12 @@ import torch.distributed as dist
 from rlkit.batch import Batch
 from rlkit.rollout.hf import StopStrings, _eos_ids, _pad_id, check_left_padded
 from rlkit.rollout.sampling import SamplingParams, expand_indices, mask_through_first_stop, rank_seed
+from rlkit.rollout.vllm_process import (
+    release_stale_vllm_groups,
+    release_vllm_groups,
+    remove_stale_cpu_shm,
+    shutdown_core_keeping_our_group,
+)
 from rlkit.rollout.weight_sync import WeightSyncStats, stream_model
 
 SLEEP_TAGS = ("weights", "kv_cache")  # vLLM's sleep-mode allocation tags, in wake-up order
@@ -247,6 +253,10 @@ class VLLMEngine:
                 kwargs["kv_cache_memory_bytes"] = int(opts.kv_cache_gb * (1 << 30))
         kwargs.update(opts.engine_kwargs)
         release_stale_vllm_groups()
+        if on_cpu and self.tp > 1:
+            removed = remove_stale_cpu_shm(self.rank % self.tp)
+            if removed:
+                warnings.warn(f"vllm: removed stale CPU shared memory of a killed earlier engine: {removed}")
         set_threads = torch.set_num_threads  # vLLM's CPU worker disables it process-wide; the trainer needs it
         try:
             llm = LLM(**kwargs)
@@ -257,7 +267,7 @@ class VLLMEngine:
         client = llm.llm_engine.engine_core
         old = getattr(client, "_finalizer", None)
         if old is not None and old.detach() is not None:
-            client._finalizer = weakref.finalize(client, _shutdown_core, client.engine_core)
+            client._finalizer = weakref.finalize(client, shutdown_core_keeping_our_group, client.engine_core)
         return llm, sleep_level, on_cpu
 
     def sleep(self) -> None:
@@ -286,7 +296,7 @@ class VLLMEngine:
         if llm is not None:
             finalizer = getattr(llm.llm_engine.engine_core, "_finalizer", None)
             if finalizer is not None:
-                finalizer()  # `_shutdown_core`, once
+                finalizer()  # `shutdown_core_keeping_our_group`, once
             del llm
         release_vllm_groups()
         self._folder.cleanup()
@@ -537,55 +547,6 @@ def _repack_cpu_embedding_gemms(model: torch.nn.Module) -> int:
             dispatch_cpu_unquantized_gemm(module, remove_weight=False)
             count += 1
     return count
-
-
-def _shutdown_core(core: Any) -> None:
-    """`EngineCore.shutdown()` without its last step, `cleanup_dist_env_and_memory()`, which destroys the
-    default process group (the worker group's, still in use by the trainer)."""
-    import vllm.v1.engine.core as core_module
-
-    cleanup = core_module.cleanup_dist_env_and_memory
-    core_module.cleanup_dist_env_and_memory = lambda *args, **kwargs: None
-    try:
-        core.shutdown()
-    finally:
-        core_module.cleanup_dist_env_and_memory = cleanup
-    release_vllm_groups()
-
-
-def release_vllm_groups() -> None:
-    """Forget vLLM's process groups (module globals of `vllm.distributed.parallel_state`) so that a later engine
-    in this process builds them again on the current default group.
-
-    They are not destroyed here: a vLLM group whose device group is None would make
-    `destroy_process_group(None)` destroy OUR default group. They are subgroups of the default
-    group and go with it.
-    """
-    try:
-        from vllm.distributed import parallel_state as ps
-    except ImportError:
-        return
-    for name, value in list(vars(ps).items()):
-        if isinstance(value, ps.GroupCoordinator):
-            setattr(ps, name, None)
-
-
-def release_stale_vllm_groups() -> None:
-    """Forget vLLM's groups if they were built on a default process group that no longer exists (an engine
-    collected after its worker group closed, and a new group started in this process)."""
-    try:
-        from vllm.distributed import parallel_state as ps
-    except ImportError:
-        return
-    world = getattr(ps, "_WORLD", None)
-    if world is None:
-        return
-    try:
-        alive = dist.is_initialized() and world.cpu_group in dist.distributed_c10d._world.pg_map
-    except Exception:  # private torch structure changed: assume stale, rebuilding is always safe
-        alive = False
-    if not alive:
-        release_vllm_groups()
 
 
 __all__ = [
