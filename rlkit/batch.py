@@ -47,7 +47,9 @@ RESPONSE_FIELDS = (  # (B, T), right-padded, aligned with response_ids
     "returns",
 )
 ROW_FIELDS = ("scores", "costs", "baseline_scores", "group_id")  # (B,)
-TEXT_FIELDS = ("prompt_text", "response_text", "ground_truth")  # list of B entries
+TEXT_FIELDS = ("prompt_text", "response_text", "ground_truth", "data_source", "extra_info")  # list of B entries
+# The per-prompt lists a rollout engine copies from a prompt row to each of its n samples.
+PROMPT_TEXT_FIELDS = ("prompt_text", "ground_truth", "data_source", "extra_info")
 TENSOR_FIELDS = PROMPT_FIELDS + RESPONSE_FIELDS + ROW_FIELDS
 ALL_FIELDS = TENSOR_FIELDS + TEXT_FIELDS
 _INTEGER_FIELDS = ("prompt_ids", "response_ids", "group_id")
@@ -84,6 +86,8 @@ class Batch:
     prompt_text: Optional[list] = None  # B str: the prompt as text (after the chat template)
     response_text: Optional[list] = None  # B str: the decoded response
     ground_truth: Optional[list] = None  # B entries: the reference answer the reward function checks against
+    data_source: Optional[list] = None  # B str: the dataset a row came from (verl's `data_source`; default data.source)
+    extra_info: Optional[list] = None  # B dict: the row's free-form metadata (verl's `extra_info`; default {})
 
     # ------------------------------------------------------------------ build
 
@@ -94,6 +98,8 @@ class Batch:
         prompt_mask: torch.Tensor,
         prompt_text: Optional[Sequence[str]] = None,
         ground_truth: Optional[Sequence[Any]] = None,
+        data_source: Optional[Sequence[str]] = None,
+        extra_info: Optional[Sequence[dict]] = None,
     ) -> "Batch":
         """A batch of B prompts: `prompt_ids`/`prompt_mask` (B, P) left-padded, optional per-row lists."""
         if not isinstance(prompt_ids, torch.Tensor) or prompt_ids.ndim != 2:
@@ -107,7 +113,8 @@ class Batch:
                 f"{tuple(prompt_ids.shape)}, got {_describe(prompt_mask)}"
             )
         size = prompt_ids.shape[0]
-        lists = {"prompt_text": prompt_text, "ground_truth": ground_truth}
+        lists = {"prompt_text": prompt_text, "ground_truth": ground_truth, "data_source": data_source,
+                 "extra_info": extra_info}
         for name, values in lists.items():
             if values is not None and len(values) != size:
                 raise ValueError(
@@ -117,8 +124,7 @@ class Batch:
         batch = cls(
             prompt_ids=prompt_ids,
             prompt_mask=prompt_mask,
-            prompt_text=None if prompt_text is None else list(prompt_text),
-            ground_truth=None if ground_truth is None else list(ground_truth),
+            **{name: None if values is None else list(values) for name, values in lists.items()},
             batch_size=[size],
         )
         batch.validate()

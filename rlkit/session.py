@@ -48,6 +48,7 @@ class Session:
         backend: str | None = None,
         reward_fn: Any = None,
         cost_fn: Any = None,
+        eval_fn: Any = None,
     ):
         """
         config: the run's `Config`. None gives a cluster-only Session (Ray started or joined, no
@@ -55,7 +56,11 @@ class Session:
         algorithm: an algorithm object (see `rlkit.algos.base.Algorithm`) instead of `config.algo.name`.
         address: join a running Ray cluster ("auto" or an address) instead of starting one.
         backend: "ray" (default) or "local" (one process, `breakpoint()` works in worker code).
-        reward_fn / cost_fn: rules `(response_text, ground_truth, eos_seen) -> float` replacing the task's.
+        reward_fn / cost_fn: reward functions replacing the task's (or `reward.path`'s): rlkit's rule
+            `(response_text, ground_truth, eos_seen)` or verl's `compute_score(data_source, solution_str,
+            ground_truth, extra_info)`, sync or async, returning a number or a dict with "score" whose
+            other keys are logged as `reward/<key>` (rlkit.rewards; run on `reward.num_workers` threads).
+        eval_fn: the rule `evaluate()` scores with (default: the reward rule, or the task's with a reward model).
         """
         build_workers = config is not None
         config = Config() if config is None else config
@@ -75,14 +80,14 @@ class Session:
         if not build_workers:
             return
         try:
-            self._build(algorithm, reward_fn, cost_fn)
+            self._build(algorithm, reward_fn, cost_fn, eval_fn)
         except BaseException:
             self.close()  # never leave half-built worker processes behind
             raise
 
     # ------------------------------------------------------------------ build
 
-    def _build(self, algorithm, reward_fn, cost_fn) -> None:
+    def _build(self, algorithm, reward_fn, cost_fn, eval_fn=None) -> None:
         from rlkit.monitor.session_monitor import SessionMonitor
         from rlkit.rollout.hybrid import HybridActor
         from rlkit.data.stream import PromptStream, load_driver_tokenizer, resolve_model, task_rules
@@ -107,9 +112,10 @@ class Session:
         self.prompts = PromptStream(cfg, self.tokenizer)
         """Train/eval prompt splits and the cursor over the training prompts."""
         rules = task_rules(cfg)
-        self.eval_fn = rules[0]
-        """The task's own rule (exact answer then EOS): what `evaluate` counts, whatever trains the policy."""
         self.reward_fn = reward_fn or rules[0]
+        self.eval_fn = eval_fn or (rules[0] if cfg.model.reward_model_path else self.reward_fn)
+        """The rule `evaluate` scores with: `eval_fn`, else the reward rule, else (a reward model trains the
+        policy) the task's own rule."""
         self.cost_fn = cost_fn or rules[1]
         if self.spec.needs_costs and self.cost_fn is None and not cfg.model.cost_model_path:
             raise ValueError(f"algo.name = {self.algo.name!r} needs costs: set model.cost_model_path, pass "
@@ -188,8 +194,10 @@ class Session:
         """`batch` with `fields` computed: "scores" (and `costs` when a cost model/rule exists), "old_logprobs",
         "ref_logprobs", "values". The worker calls are submitted together, the rule rewards run on the driver
         meanwhile, and all are joined: roles on different devices (`cluster.placement = "split"`) run side
-        by side, so the stage takes about the longest call instead of their sum."""
-        from rlkit.workers.reward_model import rule_scores
+        by side, so the stage takes about the longest call instead of their sum. A reward rule returning a
+        dict adds the batch means of its other numeric keys to the step's stats as `reward/<key>`."""
+        from rlkit.rewards import extras_stats
+        from rlkit.workers.reward_model import rule_scores, rule_scores_and_extras
 
         unknown = [f for f in fields if f not in COMPUTABLE_FIELDS]
         if unknown:
@@ -209,10 +217,14 @@ class Session:
                 pending["costs"] = self.roles["cost"].score.submit(batch)
         computed = {}
         if "scores" in fields:  # driver-side rules overlap with the worker calls in flight
+            where = f"step {self.steps_done + 1}"  # reward errors name the step, the row and its prompt
             if "reward" not in self.roles:
-                computed["scores"] = rule_scores(batch, self.reward_fn, self.tokenizer)
+                computed["scores"], extras = rule_scores_and_extras(batch, self.reward_fn, self.tokenizer,
+                                                                    reward=self.config.reward, where=where)
+                self.monitor.current.update(extras_stats(extras))  # into the step's stats line (stats.jsonl)
             if "cost" not in self.roles and self.cost_fn is not None:
-                computed["costs"] = rule_scores(batch, self.cost_fn, self.tokenizer)
+                computed["costs"] = rule_scores(batch, self.cost_fn, self.tokenizer, reward=self.config.reward,
+                                                where=where)
         for name, future in pending.items():
             computed[name] = getattr(future.result(), name)
         return batch.replace(**computed)
@@ -348,9 +360,12 @@ class Session:
         return history
 
     def evaluate(self, *, num_prompts: int | None = None, k: int = 0) -> dict:
-        """Greedy exact-match accuracy on the eval split (and pass@k with k samples per prompt when k > 0).
+        """Greedy accuracy and mean reward on the eval split (and pass@k with k samples per prompt when k > 0).
 
-        Counted with the task's rule (`eval_fn`), not the reward model or a custom `reward_fn`."""
+        Scored with `self.eval_fn`: `Session(eval_fn=...)` when given, else the rule that trains the policy
+        (`reward_fn`, `reward.path`, or the task's), else (a reward model trains it) the task's own rule.
+        A sample counts as correct when its score is above 0.5 (rules that return 1 or 0).
+        Returns {"eval/accuracy", "eval/reward"} (and "eval/pass@k")."""
         from rlkit.monitor.progress import progress_bar
         from rlkit.workers.reward_model import rule_scores
 
@@ -367,13 +382,16 @@ class Session:
             for start in progress_bar(starts, desc="eval", leave=False, disable=len(starts) < 2):
                 chunk = prompts.select(list(range(start, min(start + per_chunk, len(prompts)))))
                 part = self.rollout(chunk, greedy=True)
-                greedy_parts.append(part.replace(scores=rule_scores(part, self.eval_fn, self.tokenizer)))
+                greedy_parts.append(part.replace(scores=rule_scores(part, self.eval_fn, self.tokenizer,
+                                                                    reward=self.config.reward, where="evaluate")))
                 if k:
                     sampled = self.rollout(chunk, n=k)
-                    correct = rule_scores(sampled, self.eval_fn, self.tokenizer) > 0.5
+                    correct = rule_scores(sampled, self.eval_fn, self.tokenizer, reward=self.config.reward,
+                                          where=f"evaluate pass@{k}") > 0.5
                     solved[sampled.group_id[correct] + start] = True  # group ids count within the chunk
             greedy = Batch.concat(greedy_parts)
-            out = {"eval/accuracy": float((greedy.scores > 0.5).float().mean())}
+            out = {"eval/accuracy": float((greedy.scores > 0.5).float().mean()),
+                   "eval/reward": float(greedy.scores.float().mean())}
             if k:
                 out[f"eval/pass@{k}"] = float(solved.float().mean())
             rec.update(stats=out, batch=greedy)

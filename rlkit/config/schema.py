@@ -21,7 +21,7 @@ from rlkit.config.presets import PRESETS
 
 __all__ = [
     "Config", "ModelConfig", "DataConfig", "RolloutConfig", "ActorConfig", "CriticConfig", "AlgoConfig",
-    "ClusterConfig", "LoggingConfig",
+    "ClusterConfig", "LoggingConfig", "RewardConfig",
 ]
 
 
@@ -57,9 +57,15 @@ class DataConfig:
     source: str = "arithmetic"
     """Prompt source: a built-in task name ("arithmetic"), a .jsonl/.parquet file, or a `datasets` name."""
     prompt_key: str = "prompt"
-    """Column holding the prompt text."""
+    """Column holding the prompt: a string, or a chat message list `[{"role": "system"|"user"|"assistant",
+    "content": str}, ...]` (verl's and TRL's conversational `prompt`). A dotted path reads into a dict column
+    ("question.text" = the key `text` of the column `question`)."""
     answer_key: str = "ground_truth"
-    """Column holding the reference answer given to the reward function."""
+    """Column holding the reference answer given to the reward function (a dotted path reads into a dict
+    column: "reward_model.ground_truth"). With the default "ground_truth" and no such column, verl's
+    `reward_model.ground_truth` is used when the source has it, so a verl parquet file needs only `source`.
+    Besides these two columns, a source's `data_source` (str) and `extra_info` (dict) columns, when present,
+    reach every Batch row as `batch.data_source` / `batch.extra_info` (default: this `source`, and {})."""
     digits: int = 2
     """Arithmetic task: digits per operand."""
     operators: str = "+"
@@ -70,10 +76,36 @@ class DataConfig:
     """Number of held-out evaluation prompts (disjoint from training); 0 = no evaluation set."""
     max_prompt_len: int = 512
     """Prompts longer than this many tokens are rejected (left padding brings shorter ones to the batch max)."""
-    use_chat_template: bool = False
-    """Wrap each prompt in the tokenizer's chat template as a user turn before tokenising."""
+    use_chat_template: bool | str = "auto"
+    """Render prompts through the tokenizer's chat template (with the generation prompt) before tokenising:
+    True (a text prompt becomes one user turn), False (text is tokenised as it is; message-list prompts are an
+    error), or "auto": on for message-list prompts and whenever `system_prompt` is set, off for text prompts
+    (the arithmetic task's raw "37+48=")."""
+    system_prompt: str | None = None
+    """A system message put before every chat-templated prompt (a row that starts with its own system message
+    keeps it instead); None = none. Turns "auto" on for text prompts; an error with use_chat_template = False."""
     seed: int = 0
     """Seed of the task generator, the train/eval split and the prompt order."""
+
+
+@dataclass(kw_only=True)
+class RewardConfig:
+    path: str | None = None
+    """Your reward function's .py file (or an importable dotted module name); None = the data source's rule:
+    a built-in task's own, else `rlkit.rewards.math_reward` (the reply's final answer, by value). With
+    `model.reward_model_path` set, the reward model trains the policy and this rule is what `evaluate` counts."""
+    name: str = "compute_score"
+    """The function in `path` (verl's `custom_reward_function.name` default)."""
+    style: str = "auto"
+    """Its calling convention: "rlkit" `(response_text, ground_truth, eos_seen)`, "verl"
+    `compute_score(data_source, solution_str, ground_truth, extra_info)`, or "auto" (verl's when it has a
+    `data_source` or `solution_str` parameter). It returns a number, or a dict with "score" whose other
+    numeric keys are logged as `reward/<key>`; it may be `async def`."""
+    num_workers: int = 4
+    """Threads that score a batch's responses (helps functions that wait: sandboxes, HTTP verifiers)."""
+    timeout_s: float | None = 60.0
+    """Seconds one call may take before the run stops with an error naming the row; None = no limit (with
+    num_workers = 1 rows are then scored in-line, in order, and `breakpoint()` works in the function)."""
 
 
 @dataclass(kw_only=True)
@@ -150,6 +182,13 @@ class ActorConfig:
     """Move parameters and optimizer state to CPU between stages (frees device memory for rollout)."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward to save memory."""
+    logits_chunk_size: int = 512
+    """Response tokens per chunk when the policy and reference compute log-probs and entropy: the LM head runs
+    on the final hidden states one chunk at a time (recomputed in backward), so at most one (chunk, vocabulary)
+    float32 block of logits exists instead of (micro-batch, response length, vocabulary) (200 MB for 16 x 64
+    tokens of a 49k vocabulary, plus softmax temporaries and what backward keeps). 0 = the whole logits at once
+    (the unchunked reference path). Models that change their logits after the head (Gemma's soft-capping) always
+    take the unchunked path. Results equal to float32 rounding either way."""
 
 
 @dataclass(kw_only=True)
@@ -301,6 +340,8 @@ class Config:
     """Models: policy, tokenizer, reward/cost models, critic initialisation."""
     data: DataConfig = field(default_factory=DataConfig)
     """Prompt dataset."""
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    """The rule that scores responses (when no reward model does): your function, its convention, threads."""
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     """Generation."""
     actor: ActorConfig = field(default_factory=ActorConfig)
@@ -415,6 +456,7 @@ class Config:
         # lazy: the owners of these values import torch (rlkit.algos.core) or the algorithm modules (base)
         from rlkit.algos.base import config_problems
         from rlkit.algos.core import AGG_MODES, KL_KINDS
+        from rlkit.rewards.loader import looks_like_file
         from rlkit.rollout.engine import ENGINE_NAMES
 
         _check_types(self, fix=False)
@@ -423,7 +465,7 @@ class Config:
                     "rollout.n", "rollout.max_new_tokens", "rollout.sync_bucket_mb", "rollout.vllm_tensor_parallel_size",
                     "actor.total_steps", "actor.mini_batch_size", "actor.micro_batch_size", "actor.ppo_epochs",
                     "critic.micro_batch_size", "cluster.nodes", "cluster.devices_per_node",
-                    "cluster.threads_per_worker", "cluster.num_cpus", "logging.log_every"):
+                    "cluster.threads_per_worker", "cluster.num_cpus", "logging.log_every", "reward.num_workers"):
             c.at_least(key, 1)
         for key in ("data.eval_size", "rollout.temperature", "rollout.top_k", "actor.warmup_steps",
                     "actor.weight_decay", "actor.entropy_coef", "critic.warmup_steps", "algo.clip_high",
@@ -431,7 +473,7 @@ class Config:
                     "algo.overlong_penalty", "logging.eval_every", "logging.save_every"):
             c.at_least(key, 0)
         for key in ("actor.lr", "critic.lr", "actor.grad_clip", "critic.grad_clip", "critic.value_clip",
-                    "algo.kl_target"):
+                    "algo.kl_target", "reward.timeout_s"):
             c.greater(key, 0)
         c.greater("algo.dual_clip", 1)  # dual-clip PPO needs c > 1 (Ye et al. 2020)
         for key in ("rollout.top_p", "rollout.vllm_gpu_memory_utilization"):
@@ -447,11 +489,17 @@ class Config:
                              ("algo.loss_agg", AGG_MODES), ("algo.kl_kind", KL_KINDS),
                              ("cluster.backend", ("ray", "local")), ("cluster.placement", ("colocate", "split", "auto")),
                              ("cluster.device", ("auto", "cpu", "cuda")),
-                             ("logging.wandb_mode", ("online", "offline", "disabled"))):
+                             ("logging.wandb_mode", ("online", "offline", "disabled")),
+                             ("reward.style", ("auto", "rlkit", "verl"))):
             c.one_of(key, choices)
         for key in ("model.preset", "data.source", "data.prompt_key", "data.answer_key", "cluster.address",
-                    "logging.run_dir", "logging.run_name", "logging.wandb_project"):
+                    "logging.run_dir", "logging.run_name", "logging.wandb_project", "reward.path"):
             c.non_empty(key)
+        c.check("reward.name", lambda v: all(part.isidentifier() for part in v.split(".")),
+                "must be a Python name (or a dotted attribute path like 'Scorer.score')")
+        c.check("data.use_chat_template", lambda v: v is True or v is False or v == "auto",
+                'must be true, false or "auto"')
+        c.check("data.system_prompt", lambda v: v.strip() != "", "must be a non-empty string or null")
         c.check("data.operators", lambda v: v != "" and set(v) <= set("+-*"),
                 'must be a non-empty string of operators among "+-*"')
         c.check("rollout.stop", lambda v: all(v), "stop strings must be non-empty")
@@ -470,6 +518,13 @@ class Config:
         if a.mini_batch_size % self.critic.micro_batch_size:
             c.fail("critic.micro_batch_size", self.critic.micro_batch_size,
                    f"must divide actor.mini_batch_size ({a.mini_batch_size}): the critic trains on the actor's mini-batches")
+        if self.data.system_prompt is not None and self.data.use_chat_template is False:
+            c.fail("data.system_prompt", self.data.system_prompt,
+                   'is a chat message: needs data.use_chat_template = true or "auto" (it is false)')
+        path = self.reward.path
+        if path is not None and looks_like_file(path) and not Path(path).expanduser().is_file():
+            c.fail("reward.path", path, f"no such file ({Path(path).expanduser().absolute()}): give a .py file "
+                   "(relative to the working directory) or an importable dotted module name")
         if a.lr_schedule == "cosine" and a.total_steps is None:
             c.fail("actor.total_steps", None, 'must be set when actor.lr_schedule = "cosine"')
         if a.total_steps is not None and a.warmup_steps > a.total_steps:

@@ -188,3 +188,19 @@ def score_texts(
     flags = eos_seen.tolist() if isinstance(eos_seen, torch.Tensor) else list(eos_seen)
     values = [float(fn(text, truth, bool(eos))) for text, truth, eos in zip(response_texts, ground_truths, flags)]
     return torch.tensor(values, dtype=torch.float32)
+
+
+def _task():
+    from rlkit.data.tasks import BuiltinTask
+
+    return BuiltinTask(
+        name="arithmetic",
+        description="integer arithmetic like '37+48=' for the tiny character models; exact answer then EOS",
+        make=lambda kwargs: ArithmeticTask(**kwargs),
+        kwargs_from_data=lambda data: {"digits": data.digits, "operators": tuple(data.operators), "seed": data.seed},
+        reward=arithmetic_reward,
+        cost=arithmetic_cost,
+    )
+
+
+TASK = _task()

@@ -21,8 +21,15 @@ RuleFn = Callable[[str, Any, bool], float]
 
 def resolve_model(cfg: Any, run_dir: str | os.PathLike) -> str:
     """The policy's starting weights: `cfg.model.path`, else the tiny preset saved under `run_dir/model`."""
+    from rlkit.data.models import check_model_source
+
+    # Every model source of the config is checked here, on the driver, before any worker starts: a
+    # missing folder or an unreachable hub name fails at once and names its config field.
+    for field in ("tokenizer_path", "reward_model_path", "cost_model_path", "critic_path"):
+        if getattr(cfg.model, field):
+            check_model_source(getattr(cfg.model, field), f"model.{field}")
     if cfg.model.path:
-        return str(cfg.model.path)
+        return check_model_source(cfg.model.path, "model.path")
     from rlkit.data.models import save_tiny_model
 
     folder = Path(run_dir) / "model"
@@ -46,43 +53,62 @@ def load_driver_tokenizer(model_path: str, tokenizer_path: str | None = None):
 
 
 def task_rules(cfg: Any) -> tuple[RuleFn, RuleFn | None]:
-    """(reward rule, cost rule or None) for `cfg.data.source`.
+    """(reward rule, cost rule or None) for `cfg`.
 
-    The built-in arithmetic task has both (exact answer then EOS; the rule cost in
-    `rlkit.data.arithmetic`). Other sources are scored by exact match of the
-    ground truth followed by EOS (the same rule, which compares strings) and have
-    no cost rule: pass `reward_fn` / `cost_fn` to the Session for anything else.
+    The reward: your function when `reward.path` is set (`rlkit.rewards.load_reward_fn` with `reward.name`
+    and `reward.style`: rlkit's rule or verl's compute_score), else a built-in task's own
+    (`rlkit.data.tasks`: arithmetic has exact answer then EOS; chat_sums the reply's last number), else
+    `rlkit.rewards.math_reward` (the reply's final answer, boxed / "####" / "the answer is" / last number,
+    compared by value with the ground truth; EOS not required). The cost: a built-in task's rule cost,
+    else None. `Session(reward_fn=..., cost_fn=...)` overrides both.
     """
-    from rlkit.data.arithmetic import arithmetic_cost, arithmetic_reward
+    from rlkit.data.tasks import get_task
+    from rlkit.rewards import load_reward_fn, math_reward
 
-    if cfg.data.source == "arithmetic":
-        return arithmetic_reward, arithmetic_cost
-    return arithmetic_reward, None
+    task = get_task(cfg.data.source)
+    reward, cost = (task.reward, task.cost) if task is not None else (math_reward, None)
+    if cfg.reward.path is not None:
+        reward = load_reward_fn(cfg.reward.path, cfg.reward.name, cfg.reward.style)
+    return reward, cost
 
 
 class PromptStream:
     """Train prompts in seeded shuffled passes, and the fixed eval prompts, as prompt `Batch`es."""
 
     def __init__(self, cfg: Any, tokenizer: Any):
-        from rlkit.data.datasets import load_prompt_split
+        from rlkit.data.datasets import encode_split, load_prompt_split
 
         self.cfg, self.tokenizer = cfg, tokenizer
         self.train = load_prompt_split(cfg.data, "train")
         self.eval = load_prompt_split(cfg.data, "eval")
+        # Every prompt rendered and tokenized once, here on the driver: a prompt longer than
+        # data.max_prompt_len (or a message list without the chat template) fails before any worker starts.
+        self._encoded = {split: encode_split(tokenizer, table, cfg.data, split)
+                         for split, table in (("train", self.train), ("eval", self.eval))}
+        """split -> (rendered prompt texts, token ids) per row of `train` / `eval`."""
         self._rng = random.Random(cfg.data.seed)
         self._order: list[int] = []
         self.epoch = -1
         """Passes over the training prompts started so far (0-based)."""
 
-    def encode(self, prompts: list[str], ground_truth: list[Any] | None = None) -> Batch:
-        """A prompt Batch (left-padded ids and masks) for raw prompt strings."""
-        from rlkit.data.datasets import encode_prompts
+    def encode(self, prompts: list, ground_truth: list[Any] | None = None) -> Batch:
+        """A prompt Batch (left-padded ids and masks) for prompts given as texts or chat message lists."""
+        from rlkit.data.datasets import left_pad, pad_token_id, render_prompts, tokenize_rendered
 
-        ids, mask = encode_prompts(
-            self.tokenizer, prompts, self.cfg.data.max_prompt_len, chat_template=self.cfg.data.use_chat_template
-        )
+        d = self.cfg.data
+        if len(prompts) == 0:
+            raise ValueError("PromptStream.encode got no prompts")
+        texts, templated = render_prompts(self.tokenizer, prompts, chat_template=d.use_chat_template,
+                                          system_prompt=d.system_prompt)
+        ids = tokenize_rendered(self.tokenizer, texts, templated)
+        for i, row in enumerate(ids):
+            if not 0 < len(row) <= d.max_prompt_len:
+                raise ValueError(f"data.max_prompt_len = {d.max_prompt_len} but prompt {i} has a {len(row)}-token "
+                                 f"prompt: raise data.max_prompt_len or shorten the prompt ({texts[i]!r:.120})")
+        prompt_ids, prompt_mask = left_pad(ids, pad_token_id(self.tokenizer))
         truth = list(ground_truth) if ground_truth is not None else [""] * len(prompts)
-        return Batch.from_prompts(ids, mask, prompt_text=list(prompts), ground_truth=truth)
+        return Batch.from_prompts(prompt_ids, prompt_mask, prompt_text=texts, ground_truth=truth,
+                                  data_source=[str(d.source)] * len(prompts), extra_info=[{} for _ in prompts])
 
     def next_train(self, count: int | None = None) -> Batch:
         """The next `count` (default `rollout.prompts_per_step`) training prompts."""
@@ -94,16 +120,24 @@ class PromptStream:
                 self._rng.shuffle(self._order)
                 self.epoch += 1
             rows.append(self._order.pop())
-        return self._rows(self.train, rows)
+        return self._rows("train", rows)
 
     def eval_batch(self, count: int | None = None) -> Batch:
         """The first `count` eval prompts (all of them by default), always the same ones."""
         count = len(self.eval) if count is None else min(count, len(self.eval))
-        return self._rows(self.eval, list(range(count)))
+        return self._rows("eval", list(range(count)))
 
-    def _rows(self, table, rows: list[int]) -> Batch:
-        picked = table.select(rows)
-        return self.encode(list(picked["prompt"]), list(picked["ground_truth"]))
+    def _rows(self, split: str, rows: list[int]) -> Batch:
+        """Rows of a split as a prompt Batch, from the ids encoded at load time."""
+        from rlkit.data.datasets import batch_lists, left_pad, pad_token_id
+
+        if not rows:
+            raise ValueError(f"no {split} prompts to encode (data.eval_size = {self.cfg.data.eval_size})")
+        texts, ids = self._encoded[split]
+        prompt_ids, prompt_mask = left_pad([ids[r] for r in rows], pad_token_id(self.tokenizer))
+        picked = (self.train if split == "train" else self.eval).select(rows)
+        return Batch.from_prompts(prompt_ids, prompt_mask, prompt_text=[texts[r] for r in rows],
+                                  **batch_lists(picked, self.cfg.data))
 
     def state_dict(self) -> dict:
         return {"order": list(self._order), "epoch": self.epoch, "rng": self._rng.getstate()}

@@ -51,7 +51,7 @@ from typing import Any, Sequence
 import torch
 import torch.distributed as dist
 
-from rlkit.batch import Batch
+from rlkit.batch import PROMPT_TEXT_FIELDS, Batch
 from rlkit.rollout.hf import StopStrings, _eos_ids, _pad_id, check_left_padded
 from rlkit.rollout.sampling import SamplingParams, expand_indices, mask_through_first_stop, rank_seed
 from rlkit.rollout.vllm_process import (
@@ -372,7 +372,7 @@ class VLLMEngine:
         check_left_padded(prompt_mask, "vllm engine")
         group_id = prompts.group_id if prompts.group_id is not None else torch.arange(len(prompts)) + group_offset
         base = Batch(prompt_ids=prompts.prompt_ids, prompt_mask=prompt_mask, group_id=group_id.long(),
-                     prompt_text=prompts.prompt_text, ground_truth=prompts.ground_truth, batch_size=[len(prompts)])
+                     batch_size=[len(prompts)], **{name: getattr(prompts, name) for name in PROMPT_TEXT_FIELDS})
         base, mine = self._gather_replica_prompts(base)
         rows = base.select(expand_indices(len(base), params.n))  # (n*B) rows, prompt-major
         call_seed = params.seed if params.seed is not None else self.seed * 7919 + self.calls

@@ -13,7 +13,9 @@ The same worker trains on preference pairs (`update`, Bradley-Terry loss; see
 holds i for both.
 
 `RuleRewardWorker` has the same `score` method over a plain Python rule
-(`fn(response_text, ground_truth, eos_seen) -> float`, e.g. `rlkit.data.arithmetic_reward`).
+(`fn(response_text, ground_truth, eos_seen) -> float`, e.g. `rlkit.data.arithmetic_reward`, or verl's
+`compute_score`); `rule_scores` runs one on the driver (`rlkit.rewards.score_rows`: threads, timeout, errors
+that name the row).
 """
 
 from __future__ import annotations
@@ -156,14 +158,47 @@ class RewardModelWorker:
 RuleFn = Callable[[str, Any, bool], float]
 
 
-def rule_scores(batch: Batch, fn: RuleFn, tokenizer: Any) -> torch.Tensor:
-    """(B,) float32: `fn(response_text, ground_truth, eos_seen)` per row, the text decoded up to EOS."""
+def reward_rows(batch: Batch, tokenizer: Any) -> list:
+    """One `rlkit.rewards.RewardRow` per row of `batch`: the response decoded up to EOS, its ground truth,
+    EOS flag, data_source, extra_info and prompt text (the last three default to "", {} and "")."""
     from rlkit.data import decode_responses
+    from rlkit.rewards import RewardRow
 
     require_fields(batch, ("response_ids", "response_mask", "ground_truth"), "rule_scores")
     texts, eos_seen = decode_responses(tokenizer, batch.response_ids, batch.response_mask)
-    values = [float(fn(text, truth, bool(eos))) for text, truth, eos in zip(texts, batch.ground_truth, eos_seen)]
-    return torch.tensor(values, dtype=torch.float32)
+    n = len(texts)
+    sources = batch.data_source if batch.data_source is not None else [""] * n
+    infos = batch.extra_info if batch.extra_info is not None else [{} for _ in range(n)]
+    prompts = batch.prompt_text if batch.prompt_text is not None else [""] * n
+    return [RewardRow(response_text=text, ground_truth=truth, eos_seen=bool(eos), data_source=source,
+                      extra_info=info if info is not None else {}, prompt_text=prompt)
+            for text, truth, eos, source, info, prompt in zip(texts, batch.ground_truth, eos_seen.tolist(),
+                                                               sources, infos, prompts)]
+
+
+def rule_scores_and_extras(batch: Batch, fn: Any, tokenizer: Any, *, reward: Any = None,
+                           where: str = "") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(scores (B,) float32, extras {key: (B,) float32}) of a reward function over `batch`'s decoded rows.
+
+    fn: rlkit's rule `(response_text, ground_truth, eos_seen)` or verl's `compute_score(data_source,
+        solution_str, ground_truth, extra_info)` (told apart by its parameter names), sync or async,
+        returning a number or a dict with "score" (its other numeric keys are the extras).
+    reward: a `RewardConfig` (`cfg.reward`: num_workers, timeout_s); None = its defaults.
+    where: put in error messages after the row (e.g. "step 3").
+    Raises `rlkit.rewards.RewardError` naming the function, row, prompt and response.
+    """
+    from rlkit.config.schema import RewardConfig
+    from rlkit.rewards import score_rows
+
+    reward = reward if reward is not None else RewardConfig()
+    return score_rows(fn, reward_rows(batch, tokenizer), num_workers=reward.num_workers,
+                      timeout_s=reward.timeout_s, where=where)
+
+
+def rule_scores(batch: Batch, fn: RuleFn, tokenizer: Any, *, reward: Any = None, where: str = "") -> torch.Tensor:
+    """(B,) float32: the reward function applied to every row, the text decoded up to EOS (extras dropped;
+    see `rule_scores_and_extras` for the arguments)."""
+    return rule_scores_and_extras(batch, fn, tokenizer, reward=reward, where=where)[0]
 
 
 class RuleRewardWorker:
@@ -173,17 +208,20 @@ class RuleRewardWorker:
     driver with `rule_scores`; either way the rule sees decoded text.
     """
 
-    def __init__(self, ctx: WorkerContext, fn: RuleFn, tokenizer_path: str | os.PathLike, *, field: str = "scores"):
-        """fn: `(response_text, ground_truth, eos_seen) -> float`; tokenizer_path: decodes the responses."""
+    def __init__(self, ctx: WorkerContext, fn: RuleFn, tokenizer_path: str | os.PathLike, *, field: str = "scores",
+                 reward: Any = None):
+        """fn: a reward function (see `rule_scores_and_extras`); tokenizer_path: decodes the responses;
+        reward: a `RewardConfig` (threads, timeout), None = its defaults."""
         if field not in SCORE_FIELDS:
             raise ValueError(f"RuleRewardWorker(field={field!r}): allowed {', '.join(SCORE_FIELDS)}")
-        self.ctx, self.fn, self.field = ctx, fn, field
+        self.ctx, self.fn, self.field, self.reward = ctx, fn, field, reward
         self.tokenizer = load_tokenizer(None, tokenizer_path)
 
     @register("split")
     def score(self, batch: Batch) -> Batch:
         """A Batch holding only `field` (B,): the rule applied to every row."""
-        return Batch(**{self.field: rule_scores(batch, self.fn, self.tokenizer)}, batch_size=[len(batch)])
+        scores = rule_scores(batch, self.fn, self.tokenizer, reward=self.reward)
+        return Batch(**{self.field: scores}, batch_size=[len(batch)])
 
 
 __all__ = [
@@ -194,5 +232,7 @@ __all__ = [
     "check_pairs",
     "check_pair_steps",
     "rule_scores",
+    "rule_scores_and_extras",
+    "reward_rows",
     "SCORE_FIELDS",
 ]
