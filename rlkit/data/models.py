@@ -11,6 +11,7 @@ take the same code path.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -118,6 +119,62 @@ def _looks_like_local_path(name: str) -> bool:
     return name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
 
 
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+
+
+def _hub_offline() -> bool:
+    return any(os.environ.get(var, "").lower() in ("1", "true", "yes", "on")
+               for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def check_model_source(value: str | os.PathLike, field: str = "model.path") -> str:
+    """`value` (a folder or a hub name) with `~` expanded, after checking it can load; errors name `field`.
+
+    Fast on every failure: a local path must be a folder with config.json (a .gguf file is pointed to
+    `rlkit import-gguf`); a hub name must be in the local Hugging Face cache, or the hub must answer
+    (one request with a 10 s timeout, instead of transformers' retries: 49 s before a bare connection
+    error); with HF_HUB_OFFLINE=1 a name not in the cache fails at once. Raises FileNotFoundError for a
+    missing local path and ValueError otherwise.
+    """
+    text = os.fspath(value)
+    local = Path(text).expanduser()
+    if local.is_dir():
+        if not (local / "config.json").is_file() and not (local / "tokenizer_config.json").is_file():
+            raise ValueError(f"{field} = {text!r} is a folder without config.json: not a transformers model folder")
+        return str(local)
+    if local.is_file():
+        hint = (f": import it first with `rlkit import-gguf {text} OUT_FOLDER`, then set {field} = OUT_FOLDER"
+                if text.endswith(".gguf") else ": it must be a model folder (with config.json) or a hub name")
+        raise ValueError(f"{field} = {text!r} is a file{hint}")
+    if _looks_like_local_path(text) or not _HUB_ID.match(text):
+        hint = ""
+        if local.name == "SmolLM2-135M-Instruct":
+            hint = " (prepare the real test model with `rlkit prepare-smollm2` or `make real-model`)"
+        kind = "does not exist" if _looks_like_local_path(text) else "is neither an existing folder nor a hub name"
+        raise FileNotFoundError(f"{field} = {text!r} {kind} (resolved to {local.resolve()}){hint}")
+    from huggingface_hub import try_to_load_from_cache
+
+    for filename in ("config.json", "tokenizer_config.json"):
+        if isinstance(try_to_load_from_cache(text, filename), str):
+            return text  # in the local cache: loads offline
+    if _hub_offline():
+        raise ValueError(f"{field} = {text!r} is not a local folder and not in the Hugging Face cache, and "
+                         "HF_HUB_OFFLINE=1 forbids downloading it: give a local folder, or unset HF_HUB_OFFLINE")
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    try:
+        HfApi().model_info(text, timeout=10)
+    except (RepositoryNotFoundError, GatedRepoError) as err:
+        raise ValueError(f"{field} = {text!r}: no such model on the Hugging Face hub, or it is private or gated "
+                         f"(log in with `huggingface-cli login`): {type(err).__name__}") from err
+    except Exception as err:  # connection refused, DNS, timeout, proxy: all mean "cannot download now"
+        raise ValueError(f"{field} = {text!r} is not a local folder, not in the Hugging Face cache, and the hub "
+                         f"could not be reached ({type(err).__name__}: {str(err)[:160]}): give a local folder, "
+                         "or check the network") from err
+    return text
+
+
 def load_model_and_tokenizer(
     path_or_hub_name: str | os.PathLike,
     dtype: torch.dtype = torch.float32,
@@ -144,6 +201,8 @@ def load_model_and_tokenizer(
         expanded = os.path.expanduser(value)
         if not os.path.exists(expanded) and _looks_like_local_path(value):
             raise FileNotFoundError(f"{label} path {value!r} does not exist (resolved to {os.path.abspath(expanded)})")
+        if not os.path.exists(expanded):  # a hub name: cached, or the hub answers (fast, clear errors)
+            check_model_source(value, f"{label} path")
     name, tok_name = os.path.expanduser(name), os.path.expanduser(tok_name)
 
     try:
