@@ -3,6 +3,8 @@ EOS / stop handling, the log-prob convention against a full forward, prompt layo
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 
@@ -232,3 +234,35 @@ def test_a_stale_hf_engine_syncs_first_and_says_so(model_and_tokenizer, prompts)
     engine.sync()  # the explicit step
     engine.generate(batch, params)
     assert engine.generate_stats["stale"] == 0.0
+
+
+def test_sampling_passes_the_kv_cache_by_the_argument_this_transformers_names(model_and_tokenizer, prompts):
+    """transformers 5.20+ renamed `past_key_values` to `cache` (the old name warns on every forward and goes
+    in 5.40); older releases (the vLLM environment's) only know `past_key_values`."""
+    import warnings
+
+    from rlkit.rollout.hf import cache_argument
+
+    model, tok = model_and_tokenizer
+    expected = "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
+    assert cache_argument(model) == expected
+
+    class OldStyle(torch.nn.Module):
+        def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None, use_cache=False):
+            raise AssertionError("not called")
+
+    assert cache_argument(OldStyle()) == "past_key_values"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = run(model, tok, prompts[0], prompts[1], SamplingParams(max_new_tokens=4, temperature=0.0))
+    assert out.ids.shape[0] == len(TEXTS) and out.forward_calls > 1  # the cache was used past the prompt
+    assert not [w for w in caught if "past_key_values" in str(w.message)]
+
+
+def test_sampling_builds_no_autograd_graph(model_and_tokenizer, prompts):
+    """Generation runs without grad: an autograd graph over every decode step cost GBs on a real model."""
+    model, tok = model_and_tokenizer
+    ids, mask = prompts
+    assert torch.is_grad_enabled()
+    out = run(model, tok, ids, mask, SamplingParams(max_new_tokens=3, temperature=1.0))
+    assert not out.logprobs.requires_grad and out.logprobs.grad_fn is None

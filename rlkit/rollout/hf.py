@@ -35,7 +35,7 @@ import psutil
 import torch
 from torch import nn
 
-from rlkit.batch import Batch
+from rlkit.batch import PROMPT_TEXT_FIELDS, Batch
 from rlkit.rollout.sampling import SamplingParams, expand_indices, next_tokens, rank_seed
 
 # ----------------------------------------------------------------------------- the sampling loop
@@ -100,6 +100,15 @@ def check_left_padded(prompt_mask: torch.Tensor, where: str) -> None:
         )
 
 
+def cache_argument(model: Any) -> str:
+    """The name of the KV-cache argument (and output field) of `model.forward`: "cache" from transformers
+    5.20 on, "past_key_values" before (5.x warns on the old name and drops it in 5.40)."""
+    import inspect
+
+    params = inspect.signature(type(model).forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
 @torch.no_grad()
 def sample_responses(
     model: nn.Module,
@@ -115,7 +124,8 @@ def sample_responses(
     """Sample one response per row of left-padded prompts with a KV cache.
 
     `model` is any transformers causal LM (an FSDP-wrapped one too) called as
-    `model(input_ids, attention_mask, position_ids, past_key_values, use_cache, logits_to_keep)`.
+    `model(input_ids, attention_mask, position_ids, cache, use_cache, logits_to_keep)` (the KV-cache
+    argument is `cache` from transformers 5.20, `past_key_values` before: `cache_argument` picks).
     Positions count real tokens only (`cumsum(mask) - 1`), exactly as the trainer's
     forward (`rlkit.workers.batching.sequence_inputs`) numbers them, so the log-probs
     match its recomputation. Rows that end are dropped from the cache.
@@ -131,8 +141,9 @@ def sample_responses(
     active = torch.arange(b, device=device)  # original row of each row still in the cache
 
     positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (b, P)
+    cache_arg = cache_argument(model)
     out = model(input_ids=prompt_ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
-    cache, logits = out.past_key_values, out.logits[:, -1]  # logits (b_active, V)
+    cache, logits = getattr(out, cache_arg), out.logits[:, -1]  # logits (b_active, V)
     next_position = mask.sum(-1)  # (b_active,) position of the token being generated
     calls = 1
     for t in range(budget):
@@ -155,8 +166,8 @@ def sample_responses(
             input_ids=tokens[:, None],
             attention_mask=mask,
             position_ids=next_position[:, None],
-            past_key_values=cache,
             use_cache=True,
+            **{cache_arg: cache},
         )
         logits = out.logits[:, -1]
         next_position = next_position + 1
@@ -423,7 +434,7 @@ class HFEngine:
         group_id = prompts.group_id if prompts.group_id is not None else (
             torch.arange(len(prompts)) + group_offset)
         base = Batch(prompt_ids=prompts.prompt_ids, prompt_mask=prompt_mask, group_id=group_id.long(),
-                     prompt_text=prompts.prompt_text, ground_truth=prompts.ground_truth, batch_size=[len(prompts)])
+                     batch_size=[len(prompts)], **{name: getattr(prompts, name) for name in PROMPT_TEXT_FIELDS})
         rows = base.select(expand_indices(len(prompts), params.n))  # (n*B) rows, prompt-major
 
         device = self.model.device
