@@ -27,7 +27,8 @@ def kernel_env(monkeypatch) -> None:
     path = os.environ.get("PYTHONPATH", "")
     monkeypatch.setenv("PYTHONPATH", str(ROOT) + (os.pathsep + path if path else ""))
     for key, value in (("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1"), ("WANDB_MODE", "offline"),
-                       ("TOKENIZERS_PARALLELISM", "false"), ("RAY_AUTH_MODE", "disabled")):
+                       ("TOKENIZERS_PARALLELISM", "false"), ("RAY_AUTH_MODE", "disabled"),
+                       ("RLKIT_NOTEBOOK_STEPS", "1")):  # 07_real_model: one step of the real model, not 30
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("WANDB_SERVICE", raising=False)  # the kernel starts its own W&B service
 
@@ -120,9 +121,17 @@ def check_rlhf(nb, workdir: Path) -> None:
         assert (workdir / "runs" / "rlhf" / folder).is_dir(), folder
 
 
+def check_real_model(nb, workdir: Path) -> None:
+    # the question went in through SmolLM2's chat template, and the before/after line was printed
+    assert "<|im_start|>user\nWhat is " in text_of(nb, code_cell(nb, "batch = s.generate()"))
+    assert re.search(r"greedy held-out accuracy: [0-9.]+% -> [0-9.]+% after 1 steps", text_of(nb, code_cell(nb, "after = ")))
+    assert (workdir / "runs" / "real-model" / "stats.jsonl").is_file()
+
+
 CHECKS = {"01_quickstart": check_quickstart, "02_stages_step_by_step": check_stages,
           "03_compare_algorithms": check_compare, "04_custom_advantage": check_custom,
-          "05_dashboard_and_memory": check_dashboard, "06_rlhf_pipeline": check_rlhf}
+          "05_dashboard_and_memory": check_dashboard, "06_rlhf_pipeline": check_rlhf,
+          "07_real_model": check_real_model}
 
 
 @pytest.mark.slow
@@ -137,7 +146,7 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
 def test_notebooks_exist_and_are_committed_stripped():
     names = [p.stem for p in NOTEBOOKS]
     for expected in ("01_quickstart", "02_stages_step_by_step", "03_compare_algorithms", "04_custom_advantage",
-                     "05_dashboard_and_memory", "06_rlhf_pipeline"):
+                     "05_dashboard_and_memory", "06_rlhf_pipeline", "07_real_model"):
         assert expected in names, f"notebooks/{expected}.ipynb is missing"
     result = subprocess.run([sys.executable, str(ROOT / "tools" / "strip_notebooks.py"), "--check"],
                             capture_output=True, text=True)
