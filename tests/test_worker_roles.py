@@ -160,9 +160,9 @@ def test_kwargs_from_config_keep_their_keys():
     model_keys = {"attn_implementation", "seed", "shard_one_rank"}
     assert set(PolicyWorker.kwargs_from_config(cfg)) == model_keys | {
         "model", "optim", "mini_batch_size", "micro_batch_size", "epochs", "temperature", "offload",
-        "gradient_checkpointing", "tokenizer_path"}
+        "gradient_checkpointing", "tokenizer_path", "logits_chunk_size"}
     assert set(ReferenceWorker.kwargs_from_config(cfg)) == model_keys | {
-        "model", "micro_batch_size", "temperature", "offload", "tokenizer_path"}
+        "model", "micro_batch_size", "temperature", "offload", "tokenizer_path", "logits_chunk_size"}
     critic = CriticWorker.kwargs_from_config(cfg)
     assert set(critic) == model_keys | {"model", "optim", "mini_batch_size", "micro_batch_size", "epochs",
                                         "value_clip", "offload", "tokenizer_path"}

@@ -182,13 +182,13 @@ class ActorConfig:
     """Move parameters and optimizer state to CPU between stages (frees device memory for rollout)."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward to save memory."""
-    logits_chunk_size: int = 512
-    """Response tokens per chunk when the policy and reference compute log-probs and entropy: the LM head runs
-    on the final hidden states one chunk at a time (recomputed in backward), so at most one (chunk, vocabulary)
-    float32 block of logits exists instead of (micro-batch, response length, vocabulary) (200 MB for 16 x 64
-    tokens of a 49k vocabulary, plus softmax temporaries and what backward keeps). 0 = the whole logits at once
-    (the unchunked reference path). Models that change their logits after the head (Gemma's soft-capping) always
-    take the unchunked path. Results equal to float32 rounding either way."""
+    logits_chunk_size: int = 256
+    """Response tokens per chunk when the policy and reference compute log-probs and entropy: the LM head runs on
+    the final hidden states one chunk at a time, in float32, and again in backward, so only (chunk, vocabulary)
+    blocks of logits exist (50 MB each at 256 tokens of a 49k vocabulary; forward holds about three) instead of
+    the whole (micro-batch, response length, vocabulary) tensor, its softmax temporaries and what backward keeps
+    of them. 0 = the whole logits at once (the unchunked path). Models that change their logits after the head
+    (Gemma's soft-capping) always take the unchunked path. Both paths agree to float32 rounding."""
 
 
 @dataclass(kw_only=True)

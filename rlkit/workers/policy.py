@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from rlkit.algos.chunked_logits import DEFAULT_CHUNK_SIZE
 from rlkit.algos.core import entropy_from_logits, logprobs_from_logits
 from rlkit.batch import Batch
 from rlkit.cluster import WorkerContext, register
@@ -38,37 +39,59 @@ def response_logprobs(
     *,
     temperature: float = 1.0,
     with_entropy: bool = True,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> dict[str, torch.Tensor]:
-    """Log-probs (and entropy) of `mb`'s response tokens under `model`: (b, T) each, 0 on padding.
+    """Log-probs (and entropy) of `mb`'s response tokens under `model`: (b, T) each, float32, 0 on padding.
 
-    Only the logits of the response positions are computed (`logits_to_keep`): the
-    logits of the last prompt token predict response token 0. Logits are divided by
-    `temperature` so the values match what the rollout engine sampled from.
+    Only the response positions are computed: the last prompt token's output predicts
+    response token 0. Logits are divided by `temperature` so the values match what the
+    rollout engine sampled from.
+
+    chunk_size > 0 (the default): from the final hidden states, `chunk_size` tokens at a time
+    (`ShardedModel.token_logprobs`), so no (b, T', V) logits exist in forward or backward.
+    0: the whole (b, T', V) logits at once (`logits_to_keep`), the reference path; also taken
+    for a model whose forward transforms its logits after the LM head (`chunked_head_unsupported`).
     """
     ids, mask, positions, prompt_len = sequence_inputs(mb)
     trimmed_t = ids.shape[1] - prompt_len
-    logits = model.forward(ids, mask, positions, logits_to_keep=trimmed_t + 1)[:, :-1]  # (b, T', V)
-    if temperature != 1.0:
-        logits = logits / temperature
-    targets = ids[:, prompt_len:].to(logits.device)  # (b, T')
+    targets = ids[:, prompt_len:]  # (b, T')
+    if chunk_size > 0 and model.chunked_head_unsupported is None:
+        logprobs, entropy = model.token_logprobs(ids, mask, positions, targets, temperature=temperature,
+                                                 chunk_size=chunk_size, with_entropy=with_entropy)
+    else:
+        logits = model.forward(ids, mask, positions, logits_to_keep=trimmed_t + 1)[:, :-1]  # (b, T', V)
+        if temperature != 1.0:
+            logits = logits / temperature
+        targets = targets.to(logits.device)
+        logprobs = logprobs_from_logits(logits, targets)
+        entropy = entropy_from_logits(logits) if with_entropy else None
     width = mb.response_ids.shape[1]
-    valid = mb.response_mask.to(logits.device).bool()  # (b, T)
-    zero = torch.zeros((), device=logits.device)
-    out = {"logprobs": torch.where(valid, pad_response(logprobs_from_logits(logits, targets), width), zero)}
+    valid = mb.response_mask.to(logprobs.device).bool()  # (b, T)
+    zero = torch.zeros((), device=logprobs.device)
+    out = {"logprobs": torch.where(valid, pad_response(logprobs, width), zero)}
     if with_entropy:
-        out["entropy"] = torch.where(valid, pad_response(entropy_from_logits(logits), width), zero)
+        out["entropy"] = torch.where(valid, pad_response(entropy, width), zero)
     return out
+
+
+def check_chunk_size(chunk_size: int, where: str) -> int:
+    """`chunk_size` if it is a whole number >= 0 (0 = unchunked), else a ValueError naming the config field."""
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 0:
+        raise ValueError(f"{where}: logits_chunk_size={chunk_size!r} (actor.logits_chunk_size) must be an integer "
+                         ">= 0: tokens per chunk of the log-prob computation, 0 = the whole logits at once")
+    return chunk_size
 
 
 class PolicyWorker:
     """The actor: a trainable FSDP2 causal LM (one per rank, built by the worker group)."""
 
     def __init__(self, ctx: WorkerContext, model: role.ModelSource, *, temperature: float = 1.0,
-                 name: str = "actor", **options: Any):
+                 name: str = "actor", logits_chunk_size: int = DEFAULT_CHUNK_SIZE, **options: Any):
         """
         model: hub name, local folder or transformers config (random init under `seed`).
         temperature: the rollout sampling temperature; log-probs are taken at
             `logprob_temperature(temperature)` (the temperature itself, 1 for greedy 0).
+        logits_chunk_size: tokens per chunk of the log-prob / entropy head (0: whole logits at once).
         options: `ModelRole`'s: optim (AdamW / schedule / clipping: an `OptimConfig` or a dict of its
             fields), mini_batch_size (rows per optimizer step over ALL ranks; None: the whole batch, one
             step per epoch), micro_batch_size (rows per forward/backward on one rank), epochs (passes over
@@ -77,6 +100,7 @@ class PolicyWorker:
             shard_one_rank (FSDP2-wrap even with one rank).
         """
         self.ctx, self.name = ctx, name
+        self.logits_chunk_size = check_chunk_size(logits_chunk_size, name)
         self.core = core = role.ModelRole(model, kind="causal_lm", name=name, device=ctx.device, trainable=True,
                                           **options)
         self.model, self.tokenizer, self.optimizer = core.model, core.tokenizer, core.optimizer
@@ -96,12 +120,14 @@ class PolicyWorker:
             "temperature": logprob_temperature(cfg.rollout.temperature),
             "offload": actor.offload,
             "gradient_checkpointing": actor.gradient_checkpointing,
+            "logits_chunk_size": actor.logits_chunk_size,
             **role.model_kwargs_from_config(cfg),
         }
 
     def _forward(self, with_entropy: bool) -> role.ForwardFn:
         """`mb -> {"logprobs": (b, T)[, "entropy": (b, T)]}` at this role's temperature."""
-        return partial(response_logprobs, self.model, temperature=self.temperature, with_entropy=with_entropy)
+        return partial(response_logprobs, self.model, temperature=self.temperature, with_entropy=with_entropy,
+                       chunk_size=self.logits_chunk_size)
 
     # ------------------------------------------------------------------ inference
 
@@ -144,4 +170,4 @@ class PolicyWorker:
         return self.optimizer.steps
 
 
-__all__ = ["PolicyWorker", "response_logprobs", "LOGPROB_FIELDS"]
+__all__ = ["PolicyWorker", "response_logprobs", "check_chunk_size", "LOGPROB_FIELDS"]

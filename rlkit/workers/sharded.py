@@ -10,13 +10,16 @@ What it does:
   (`AutoModelForCausalLM` for policies, `AutoModelForSequenceClassification` with
   one label for critics and reward models) with the same seed on every rank;
 - `fully_shard`s every decoder layer, then the root; bf16 compute with fp32
-  gradient reduction on CUDA, plain fp32 on CPU. With one rank in fp32 (a CPU
+  gradient reduction on CUDA (and on CPU when asked: `mixed_precision=True`,
+  `model.dtype = "bfloat16"`), plain fp32 otherwise. With one rank in fp32 (a CPU
   worker, or one GPU without mixed precision) the model stays a plain module
   unless `shard=True`: FSDP2 over one rank gathers nothing, yet it copies every
   layer's parameters at every forward and routes every parameter op through
   DTensor dispatch (15% of the 1M reference step, see BENCHMARKS.md);
 - runs the forward pass of a `Batch` (prompt + response) and returns what the
-  roles need: logits for the response tokens, or one scalar per token;
+  roles need: logits for the response tokens, or one scalar per token, or
+  (`token_logprobs`) the response log-probs and entropy computed from the final
+  hidden states a chunk of tokens at a time, never holding (b, T, V) logits;
 - moves its parameters to CPU and back between stages (`offload` / `onload`);
 - gathers a full state dict and exports a Hugging Face folder.
 
@@ -27,6 +30,7 @@ The generation side (unsharding in place for a rollout engine) lives in
 from __future__ import annotations
 
 import os
+import types
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,13 +39,15 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     PretrainedConfig,
     PreTrainedModel,
 )
+
+from rlkit.algos.chunked_logits import chunked_logprobs_entropy
 
 ModelKind = Literal["causal_lm", "token_scores"]
 KINDS = ("causal_lm", "token_scores")
@@ -85,7 +91,7 @@ class ShardedModel:
     `sharded` is False), `hf_model` (the transformers model inside it: `module` itself for
     causal LMs), `fsdp_modules` (every FSDP-wrapped submodule, decoder layers first, root
     last; empty when not sharded), `sharded`, `device`, `config` (the transformers
-    config), `compute_dtype`.
+    config), `compute_dtype`, `chunked_head_unsupported` (None, or why `token_logprobs` cannot be used).
     """
 
     def __init__(
@@ -107,8 +113,9 @@ class ShardedModel:
         kind: "causal_lm" (logits) or "token_scores" (a scalar per token: critic, reward model).
         device: defaults to `cuda:<LOCAL_RANK>` when CUDA is available, else CPU.
         trainable: False freezes the parameters (reference and reward models).
-        mixed_precision: bf16 compute with fp32 master weights and fp32 gradient reduction;
-            None means "on CUDA only". On CPU it is always off (fp32).
+        mixed_precision: bf16 compute with fp32 master weights and fp32 gradient reduction (FSDP2's
+            MixedPrecisionPolicy, so the model is FSDP-wrapped even on one rank); None means "on CUDA
+            only". True works on CPU too (fast on CPUs with AVX512-BF16 / AMX).
         tokenizer: when given, checked against the model's vocabulary.
         seed: seeds every randomly initialised weight identically on every rank.
         shard: wrap in FSDP2. None = when there is more than one rank or mixed precision is on
@@ -127,8 +134,7 @@ class ShardedModel:
         self.device = _default_device() if device is None else torch.device(device)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
-        use_mp = self.device.type == "cuda" if mixed_precision is None else mixed_precision
-        use_mp = use_mp and self.device.type == "cuda"
+        use_mp = self.device.type == "cuda" if mixed_precision is None else bool(mixed_precision)
         if shard is None:
             shard = self.world_size > 1 or use_mp
         if not shard and (self.world_size > 1 or use_mp):
@@ -150,6 +156,10 @@ class ShardedModel:
         self.hf_model = hf_model
         self.config: PretrainedConfig = hf_model.config
         root = hf_model if kind == "causal_lm" else TokenScoreModel(hf_model)
+        self.chunked_head_unsupported = chunked_head_unsupported(hf_model) if kind == "causal_lm" else "not a causal LM"
+        if self.chunked_head_unsupported is None:
+            # an instance method of the root, so FSDP2 can run its pre/post-forward hooks around it (below)
+            root.rlkit_token_logprobs = types.MethodType(_root_token_logprobs, root)
 
         # Count before sharding: afterwards a parameter's numel is its full size but
         # the embedding table must be left out of the FLOP count (a lookup, not a matmul).
@@ -169,6 +179,11 @@ class ShardedModel:
                 fully_shard(layer, mesh=mesh, mp_policy=mp)
             fully_shard(root, mesh=mesh, mp_policy=mp)
             self.fsdp_modules = [*layers, root]
+            if self.chunked_head_unsupported is None:
+                # The root's pre-forward hook gathers the root's own parameters (embedding, final norm, LM
+                # head) and sets up the backward (reduce-scatter of their gradients); it runs only around
+                # forward() unless the method is registered. Calling `module.model` directly would skip it.
+                register_fsdp_forward_method(root, "rlkit_token_logprobs")
         else:
             root.to(self.device)
         self.module.train(trainable)  # dropout is off either way; train mode enables checkpointing
@@ -211,6 +226,39 @@ class ShardedModel:
             )
             return out.logits
         return self.module(input_ids, attention_mask, position_ids)[..., 0].float()  # (b, L)
+
+    def token_logprobs(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        targets: torch.Tensor,
+        *,
+        temperature: float = 1.0,
+        chunk_size: int,
+        with_entropy: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Causal LM: log-probs of `targets` (b, T), the last T tokens of `input_ids` (b, L), and the
+        entropy at those positions, float32, from the final hidden states `chunk_size` tokens at a time.
+
+        Equals `log_softmax(forward(..., logits_to_keep=T + 1)[:, :-1] / temperature)` at `targets` (and
+        its entropy), without ever holding the (b, T, V) logits: see `rlkit.algos.chunked_logits`. Runs
+        inside the FSDP2 root's forward hooks, so it is correct sharded or not, with or without grad.
+        Returns (logprobs (b, T), entropy (b, T) or None when `with_entropy` is False).
+        """
+        if self._offloaded:
+            raise RuntimeError("ShardedModel.token_logprobs while offloaded to CPU: call onload() first")
+        if self.chunked_head_unsupported is not None:
+            raise ValueError(f"ShardedModel.token_logprobs: {self.chunked_head_unsupported}; use forward() "
+                             "and logprobs_from_logits (actor.logits_chunk_size = 0)")
+        if targets.dim() != 2 or targets.shape[0] != input_ids.shape[0] or targets.shape[1] >= input_ids.shape[1]:
+            raise ValueError(f"ShardedModel.token_logprobs: targets {tuple(targets.shape)} must be (b, T) with "
+                             f"T < L for input_ids {tuple(input_ids.shape)} (the last T tokens)")
+        device = self.device
+        return self.module.rlkit_token_logprobs(
+            input_ids.to(device), attention_mask.to(device), position_ids.to(device), targets.to(device),
+            temperature, chunk_size, with_entropy,
+        )
 
     # ------------------------------------------------------------------ offload
 
@@ -265,6 +313,59 @@ class ShardedModel:
 
 
 # ---------------------------------------------------------------------- building blocks
+
+
+_UNCHUNKABLE_HEAD_FIELDS = ("final_logit_softcapping", "logit_softcapping", "logits_soft_cap", "logit_scale",
+                            "logits_scaling")
+"""Config fields of models whose forward changes the logits after the LM head (Gemma's soft-capping,
+Cohere's and Granite's scaling): the chunked head, which computes `hidden @ W^T` itself, would miss that."""
+
+
+def chunked_head_unsupported(hf_model: PreTrainedModel) -> str | None:
+    """None when `token_logprobs` computes exactly the model's logits, else the reason it cannot.
+
+    It needs the base model under `base_model_prefix` (its `last_hidden_state` is what the LM head sees),
+    a linear output embedding, and no post-head transform of the logits in the model's forward.
+    """
+    name = type(hf_model).__name__
+    if not isinstance(getattr(hf_model, hf_model.base_model_prefix, None), nn.Module):
+        return f"{name} has no base model at `{hf_model.base_model_prefix}`"
+    if not isinstance(hf_model.get_output_embeddings(), nn.Linear):
+        return f"{name}'s output embedding is not an nn.Linear"
+    text = hf_model.config.get_text_config()
+    for field in _UNCHUNKABLE_HEAD_FIELDS:
+        value = getattr(text, field, None)
+        if value not in (None, 1, 1.0):
+            return f"{name} transforms its logits after the LM head (config.{field} = {value})"
+    if getattr(hf_model, "final_logits_bias", None) is not None:
+        return f"{name} adds final_logits_bias to its logits"
+    return None
+
+
+def _root_token_logprobs(
+    self: PreTrainedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    position_ids: torch.Tensor,
+    targets: torch.Tensor,
+    temperature: float,
+    chunk_size: int,
+    with_entropy: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Bound to the causal-LM root as `rlkit_token_logprobs` (and registered with FSDP2 as a forward):
+    the base model's final hidden states at the positions predicting `targets` (b, T), then the chunked head.
+
+    The outputs are fresh tensors (not views): FSDP2 hooks its pre-backward onto them.
+    """
+    base = getattr(self, self.base_model_prefix)
+    hidden = base(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                  use_cache=False).last_hidden_state  # (b, L, H), after the final norm
+    t = targets.shape[1]
+    # position i predicts token i + 1: the T positions before the last predict the last T tokens
+    hidden = hidden[:, -t - 1:-1]  # (b, T, H)
+    head = self.get_output_embeddings()  # inside the root's forward: its unsharded (compute-dtype) weight
+    return chunked_logprobs_entropy(hidden, head.weight, targets, bias=head.bias, temperature=temperature,
+                                    chunk_size=chunk_size, with_entropy=with_entropy)
 
 
 def _default_device() -> torch.device:
@@ -384,6 +485,7 @@ __all__ = [
     "TokenScoreModel",
     "load_hf_model",
     "check_tokenizer",
+    "chunked_head_unsupported",
     "disable_dropout",
     "decoder_layers",
     "KINDS",
