@@ -221,7 +221,8 @@ class Session:
             if "reward" not in self.roles:
                 computed["scores"], extras = rule_scores_and_extras(batch, self.reward_fn, self.tokenizer,
                                                                     reward=self.config.reward, where=where)
-                self.monitor.current.update(extras_stats(extras))  # into the step's stats line (stats.jsonl)
+                if extras:  # into the step's stats line (stats.jsonl)
+                    self.monitor.current.update(extras_stats(extras))
             if "cost" not in self.roles and self.cost_fn is not None:
                 computed["costs"] = rule_scores(batch, self.cost_fn, self.tokenizer, reward=self.config.reward,
                                                 where=where)

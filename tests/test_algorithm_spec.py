@@ -302,6 +302,7 @@ def test_compute_submits_every_worker_call_before_joining_any(tmp_path):
         "critic": SimpleNamespace(compute_values=FakeMethod(log, "critic", zeros("values"))),
     }
     s.reward_fn, s.cost_fn = (lambda text, truth, eos: (log.append("rule"), 1.0)[1]), None
+    s.steps_done = 0  # reward errors name the step
     s.tokenizer = SimpleNamespace(decode=lambda ids, **kw: "x", eos_token_id=0, pad_token_id=0)
     batch, _ = kl_batch()
     batch = batch.replace(ground_truth=["1"] * 4)

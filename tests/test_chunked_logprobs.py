@@ -278,7 +278,7 @@ def test_a_model_that_transforms_its_logits_takes_the_unchunked_path(dist_one_ra
 
 
 def test_chunk_size_config_default_and_bad_values():
-    assert Config().actor.logits_chunk_size == DEFAULT_CHUNK_SIZE > 0
+    assert Config().actor.logits_chunk_size == DEFAULT_CHUNK_SIZE == 0  # opt-in (see ActorConfig.logits_chunk_size)
     cfg = Config().override(actor__logits_chunk_size=64)
     assert PolicyWorker.kwargs_from_config(cfg)["logits_chunk_size"] == 64
     with pytest.raises(ValueError, match=r"actor: logits_chunk_size=-1 \(actor.logits_chunk_size\) must be"):

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-DEFAULT_CHUNK_SIZE = 256
+DEFAULT_CHUNK_SIZE = 0  # opt-in: see ActorConfig.logits_chunk_size
 """Tokens per chunk by default (`actor.logits_chunk_size`): one (256, V) float32 block is 50 MB at V = 49k, 156 MB
 at V = 152k; forward holds about three such blocks at a time, backward two."""
 
@@ -179,7 +179,7 @@ def chunked_logprobs_entropy(
     *,
     bias: Tensor | None = None,
     temperature: float = 1.0,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    chunk_size: int = 256,
     with_entropy: bool = True,
 ) -> tuple[Tensor, Tensor | None]:
     """Log-prob of `targets` and entropy under `softmax((hidden W^T + bias) / temperature)`, chunked.
