@@ -115,7 +115,8 @@ class ShardedModel:
         trainable: False freezes the parameters (reference and reward models).
         mixed_precision: bf16 compute with fp32 master weights and fp32 gradient reduction (FSDP2's
             MixedPrecisionPolicy, so the model is FSDP-wrapped even on one rank); None means "on CUDA
-            only". True works on CPU too (fast on CPUs with AVX512-BF16 / AMX).
+            only". True works on CPU too (`model.dtype = "bfloat16"`; speed and log-prob gap on an
+            AVX512-BF16 CPU in BENCHMARKS.md, "Memory per role and bf16 on the real model").
         tokenizer: when given, checked against the model's vocabulary.
         seed: seeds every randomly initialised weight identically on every rank.
         shard: wrap in FSDP2. None = when there is more than one rank or mixed precision is on
