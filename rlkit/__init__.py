@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "Batch": "rlkit.batch",
     "Config": "rlkit.config",
+    "ConfigError": "rlkit.config",
     "Session": "rlkit.session",
     "plan": "rlkit.planner",
     "compare": "rlkit.monitor.compare",

@@ -107,17 +107,32 @@ def _add_tiny_model(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_tiny_model)
 
 
-def _run_train(args: argparse.Namespace) -> int:
+def _open_session(args: argparse.Namespace):
+    """A new Session from the config arguments, or (`--resume RUN_DIR`) one resumed or forked from a checkpoint."""
     import rlkit
 
-    cfg = _config(args)
+    if args.resume is None:
+        if args.fork:
+            raise SystemExit("rlkit train: --fork needs --resume RUN_DIR (the run or checkpoint to fork from)")
+        return rlkit.Session(_config(args))
+    if args.config_path is not None or args.preset is not None or args.algo is not None:
+        raise SystemExit("rlkit train --resume: the run's own config is used; change fields with --set KEY=VALUE "
+                         "(a CONFIG.yaml, --preset or --algo cannot be combined with --resume)")
+    from rlkit.config.args import overrides_from_args
+
+    return rlkit.Session.resume(args.resume, overrides_from_args(args), fork=args.fork)
+
+
+def _run_train(args: argparse.Namespace) -> int:
     _quiet_transformers()
-    with rlkit.Session(cfg) as s:
+    with _open_session(args) as s:
+        if args.resume is not None:
+            print(f"resumed {s.run_dir} at step {s.steps_done}" + (" (a fork)" if args.fork else ""))
         before = s.evaluate()["eval/accuracy"] if args.eval else None
         s.train(args.steps)
         after = s.evaluate()["eval/accuracy"] if args.eval else None
         if args.save:
-            s.group.actor.save_pretrained(str(s.run_dir / "final_model"))
+            s.export(s.run_dir / "final_model")
         html = s.monitor.write_html()
         if before is not None:
             print(f"eval accuracy: {before:.1%} -> {after:.1%}")
@@ -138,6 +153,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=10, help="RL steps to run (default: 10)")
     p.add_argument("--no-eval", dest="eval", action="store_false", help="skip greedy eval before and after")
     p.add_argument("--save", action="store_true", help="export the final policy as a Hugging Face folder")
+    p.add_argument("--resume", metavar="RUN_DIR", default=None,
+                   help="continue a run from its latest checkpoint (or a checkpoints/step-NNNNNN folder); "
+                        "checkpoints are written every logging.save_every steps (--set logging.save_every=10)")
+    p.add_argument("--fork", action="store_true",
+                   help="with --resume: continue in a new run directory that records its parent run and step")
     p.set_defaults(func=_run_train)
 
 

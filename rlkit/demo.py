@@ -194,8 +194,9 @@ def run_demo(
     sft = run_sft(cfg, out_dir / "sft", sft=demo_sft_config(), progress=print_fn is not None)
     say(f"    SFT policy: exact match {sft.exact_match:.1%}{' (cached)' if sft.cached else ''} -> {sft.model_dir}")
 
+    # No run_name: a timestamped folder per demo run (`make demo` twice must not reuse, and so refuse, a used run).
     run_cfg = cfg.override({"model.path": str(sft.model_dir), "logging.run_dir": str(out_dir),
-                            "logging.run_name": cfg.logging.run_name or f"{cfg.algo.name}"})
+                            "logging.run_name": cfg.logging.run_name})
     with rlkit.Session(run_cfg) as s:
         before = s.evaluate(num_prompts=num_prompts)["eval/accuracy"]
         say(f"2/3 {cfg.algo.name} for {steps} steps (eval accuracy before: {before:.1%}) ...")

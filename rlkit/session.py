@@ -7,6 +7,7 @@ batch = s.prepare(batch)      # scores, old/ref log-probs, values, advantages
 stats = s.learn(batch)        # critic + actor update (the hf engine needs no weight copy)
 s.train(steps=20)             # the three stages in a loop, with a progress bar and live plots
 s.evaluate()                  # greedy accuracy and pass@k on the eval split
+s.save()                      # run_dir/checkpoints/step-000020: resume with rlkit.Session.resume(run_dir)
 s.close()                     # or: with rlkit.Session(cfg) as s: ...
 ```
 
@@ -23,8 +24,9 @@ settings match), so re-running a cell never leaks worker processes.
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -33,6 +35,9 @@ from rlkit.batch import Batch
 from rlkit.cluster import RoleSpec
 from rlkit.cluster.runtime import ClusterRuntime
 from rlkit.config import Config
+from rlkit.nonfinite import check_rewards, check_updates
+from rlkit.session_support import (COMPUTABLE_FIELDS, check_batch_fits, placement_of, reduce_rank_stats,
+                                   require_fields, run_directory)
 
 
 class Session:
@@ -49,6 +54,7 @@ class Session:
         reward_fn: Any = None,
         cost_fn: Any = None,
         eval_fn: Any = None,
+        _resume: Any = None,
     ):
         """
         config: the run's `Config`. None gives a cluster-only Session (Ray started or joined, no
@@ -61,8 +67,13 @@ class Session:
             ground_truth, extra_info)`, sync or async, returning a number or a dict with "score" whose
             other keys are logged as `reward/<key>` (rlkit.rewards; run on `reward.num_workers` threads).
         eval_fn: the rule `evaluate()` scores with (default: the reward rule, or the task's with a reward model).
+        (`Session.resume` passes `_resume`, the checkpoint to restore: use that classmethod.)
         """
+        self._resume_plan = _resume
+        self._holding = False  # inside a block that holds Ctrl-C back (rlkit.interrupts)
+        self._inconsistent: str | None = None  # why this Session can no longer continue safely
         build_workers = config is not None
+        self._given_fns = {"reward_fn": reward_fn, "cost_fn": cost_fn, "eval_fn": eval_fn, "algorithm": algorithm}
         config = Config() if config is None else config
         config.validate()  # configs are mutable: re-check what a notebook may have edited
         cluster = config.cluster
@@ -72,6 +83,9 @@ class Session:
         """"ray" or "local"."""
         address = address if address is not None else cluster.address
         num_cpus = num_cpus if num_cpus is not None else cluster.num_cpus
+        if build_workers:  # before Ray starts: an unwritable or already used folder fails at once, fields named
+            self.run_dir = run_directory(config, resume=_resume is not None and not getattr(_resume, "fork", False))
+            """Where this run's stats, plots, samples and checkpoints are written."""
         self.runtime = ClusterRuntime.acquire(self.backend, address, num_cpus, cluster=cluster)
         """The cluster lifecycle: Ray start/join/shutdown, and the pools and worker groups made with its
         `make_pool` / `make_group` (closed with it)."""
@@ -104,8 +118,6 @@ class Session:
                 from rlkit.config import ConfigError
 
                 raise ConfigError("\n".join(problems))
-        self.run_dir = run_directory(cfg)
-        """Where this run's stats, plots, samples and checkpoints are written."""
         self.model_path = resolve_model(cfg, self.run_dir)
         """The policy's starting weights: `model.path`, or a tiny preset built under the run directory."""
         self.tokenizer = load_driver_tokenizer(self.model_path, cfg.model.tokenizer_path)
@@ -124,7 +136,7 @@ class Session:
 
         model_cfg = cfg.override({"model.path": str(self.model_path)})
         specs = {"actor": RoleSpec(HybridActor, kwargs=HybridActor.kwargs_from_config(model_cfg))}
-        if self.spec.needs_reference:
+        if self.spec.needs_reference and self._reference_role == "ref":
             specs["ref"] = RoleSpec(ReferenceWorker, kwargs=ReferenceWorker.kwargs_from_config(model_cfg))
         if self.spec.needs_critic:
             specs["critic"] = RoleSpec(CriticWorker, kwargs=CriticWorker.kwargs_from_config(model_cfg))
@@ -150,8 +162,14 @@ class Session:
         """The actor's worker group."""
         self.steps_done = 0
         """RL steps (generate + prepare + learn) completed."""
-        self.monitor = SessionMonitor(cfg, self.run_dir, roles=list(specs), pop_role_stats=self._pop_role_stats)
+        plan = self._resume_plan
+        self.monitor = SessionMonitor(cfg, self.run_dir, roles=list(specs), pop_role_stats=self._pop_role_stats,
+                                      resume=plan)
         """Per-stage stats, the run directory's stats.jsonl, the dashboard and W&B."""
+        if plan is not None:
+            from rlkit.run_checkpoint import restore_session
+
+            restore_session(self, plan)
 
     def _pop_role_stats(self) -> dict:
         # One broadcast per role: every rank's per-call measurements since the last stage.
@@ -207,7 +225,8 @@ class Session:
         if "old_logprobs" in fields and not self.old_logprobs_skippable(batch):
             pending["old_logprobs"] = self._role("actor", "old_logprobs").compute_logprobs.submit(batch, "old_logprobs")
         if "ref_logprobs" in fields:
-            pending["ref_logprobs"] = self._role("ref", "ref_logprobs").compute_logprobs.submit(batch, "ref_logprobs")
+            pending["ref_logprobs"] = self._role(self._reference_role, "ref_logprobs").compute_logprobs.submit(
+                batch, "ref_logprobs")
         if "values" in fields:
             pending["values"] = self._role("critic", "values").compute_values.submit(batch)
         if "scores" in fields:
@@ -228,7 +247,13 @@ class Session:
                                                 where=where)
         for name, future in pending.items():
             computed[name] = getattr(future.result(), name)
+        check_rewards(computed, step=self.steps_done + 1, mode=self.config.actor.on_nonfinite)  # NaN/inf rows
         return batch.replace(**computed)
+
+    @property
+    def _reference_role(self) -> str:
+        """Who computes `ref_logprobs`: the reference worker, or (LoRA) the actor with its adapters disabled."""
+        return "actor" if self.config.actor.lora_rank else "ref"
 
     def _role(self, role: str, field: str):
         if role not in self.roles:
@@ -260,28 +285,39 @@ class Session:
     def update_actor(self, batch: Batch) -> dict:
         """The policy update on `batch`; metrics are all-reduced on the workers, and the per-rank
         measurements (time, memory, throughput) are reduced by `reduce_rank_stats`."""
-        ordered = self._epoch_order(batch, self._group_of["actor"].world_size)
+        ordered = self._epoch_order(batch, self._group_of["actor"].world_size,
+                                    balance=self.config.actor.max_tokens_per_micro_batch > 0)
         return reduce_rank_stats(self.roles["actor"].update(ordered, self.algo.actor_loss, epochs=1))
 
     def update_critic(self, batch: Batch) -> dict:
         """The critic update on the same mini-batches as the actor's (see `update_actor`)."""
-        ordered = self._epoch_order(batch, self._group_of["critic"].world_size)
+        ordered = self._epoch_order(batch, self._group_of["critic"].world_size,
+                                    balance=self.config.critic.max_tokens_per_micro_batch > 0)
         return reduce_rank_stats(self.roles["critic"].update(ordered, epochs=1))
 
-    def _epoch_order(self, batch: Batch, world_size: int) -> Batch:
+    def _epoch_order(self, batch: Batch, world_size: int, *, balance: bool = False) -> Batch:
         """`actor.ppo_epochs` passes over `batch` laid end to end, in the row order the workers' mini-batches
         take (see `interleave_minibatches`): with several epochs every pass is a fresh permutation, seeded by
-        the run's seed, the step and the epoch (so mini-batches differ between epochs, as in cleanrl)."""
+        the run's seed, the step and the epoch (so mini-batches differ between epochs, as in cleanrl).
+        `balance` (token-budget micro-batches on several ranks): each rank's share of a mini-batch holds
+        about the same tokens (`balance_minibatch_tokens`)."""
         from rlkit.workers import interleave_minibatches
+        from rlkit.workers.batching import balance_minibatch_tokens
 
         epochs, mini = self.config.actor.ppo_epochs, self.config.actor.mini_batch_size
+
+        def lay_out(rows: Batch) -> Batch:
+            if balance and world_size > 1:
+                rows = balance_minibatch_tokens(rows, world_size, mini)
+            return interleave_minibatches(rows, world_size, mini)
+
         if epochs == 1:
-            return interleave_minibatches(batch, world_size, mini)
+            return lay_out(batch)
         passes = []
         for epoch in range(epochs):
             gen = torch.Generator().manual_seed(hash((self.config.seed, self.steps_done, epoch)) % 2**63)
             order = torch.randperm(len(batch), generator=gen)
-            passes.append(interleave_minibatches(batch.select(order), world_size, mini))
+            passes.append(lay_out(batch.select(order)))
         return Batch.concat(passes)
 
     def sync_weights(self) -> dict:
@@ -300,6 +336,7 @@ class Session:
 
     def generate(self, prompts: Batch | list[str] | None = None) -> Batch:
         """Stage 1: rollouts from the current policy (the next training prompts when none are given)."""
+        self._check_usable("generate")
         if prompts is None:
             prompts = self.next_prompts()
         elif not isinstance(prompts, Batch):
@@ -312,7 +349,8 @@ class Session:
 
     def prepare(self, batch: Batch) -> Batch:
         """Stage 2: whatever the algorithm needs before learning (scores, log-probs, values, advantages)."""
-        _require(batch, ("response_ids", "response_mask"), "prepare", "run s.generate() first")
+        self._check_usable("prepare")
+        require_fields(batch, ("response_ids", "response_mask"), "prepare", "run s.generate() first")
         self._check_batch_fits(batch, "prepare")
         with self.monitor.stage("prepare") as rec:
             batch = self.algo.prepare(self, batch)
@@ -321,10 +359,16 @@ class Session:
 
     def learn(self, batch: Batch) -> dict:
         """Stage 3: critic then actor update (mini-batches x `actor.ppo_epochs`), then the weight sync to the
-        rollout engines (`sync_weights`); returns the learn and sync stats."""
+        rollout engines (`sync_weights`); returns the learn and sync stats. Ctrl-C waits for it to finish
+        (`rlkit.interrupts`): an update is applied whole or not at all."""
+        self._check_usable("learn")
         skip = ("old_logprobs",) if self.old_logprobs_skippable(batch) else ()
-        _require(batch, tuple(f for f in self.spec.learn_fields if f not in skip), "learn", "run s.prepare(batch) first")
+        require_fields(batch, tuple(f for f in self.spec.learn_fields if f not in skip), "learn", "run s.prepare(batch) first")
         self._check_batch_fits(batch, "learn")
+        with self._holding_interrupts(f"learn (step {self.steps_done + 1})"):
+            return self._learn(batch)
+
+    def _learn(self, batch: Batch) -> dict:
         stats: dict[str, float] = {}
         with self.monitor.stage("learn") as rec:
             if self.spec.needs_critic:
@@ -335,30 +379,113 @@ class Session:
                 stats.update(hook(self, batch, stats))
             rec.update(tokens=float(batch.num_tokens()), stats=stats)
         learned = self.monitor.last_stage_stats("learn")
+        check_updates(learned, step=self.steps_done + 1, mode=self.config.actor.on_nonfinite)  # skipped steps
         return {**learned, **self.sync_weights()}
 
     def step(self) -> dict:
-        """One RL step: generate, prepare, learn. Returns the step's stats (also logged)."""
+        """One RL step: generate, prepare, learn. Returns the step's stats (also logged).
+
+        A step that fails or is interrupted before learning consumes no prompts (the stream's cursor goes
+        back); once learning starts, Ctrl-C waits for the update and the step's bookkeeping to finish, so
+        the step is counted with its update (`rlkit.interrupts`)."""
+        self._check_usable("step")
         start = time.perf_counter()
-        batch = self.prepare(self.generate())
-        self.learn(batch)
-        self.steps_done += 1
-        self.last_batch = batch
-        """The prepared batch of the latest step (inspect it, or replay `s.learn(s.last_batch)`)."""
-        return self.monitor.end_step(self.steps_done, time.perf_counter() - start, batch)
+        cursor = self.prompts.state_dict()
+        try:
+            batch = self.prepare(self.generate())
+        except BaseException:
+            self.prompts.load_state_dict(cursor)
+            self.monitor.current = {}  # the failed step's partial stats never reach the next step's line
+            raise
+        with self._holding_interrupts(f"learn of step {self.steps_done + 1}"):
+            self.learn(batch)
+            self.steps_done += 1
+            self.last_batch = batch
+            """The prepared batch of the latest step (inspect it, or replay `s.learn(s.last_batch)`)."""
+            return self.monitor.end_step(self.steps_done, time.perf_counter() - start, batch)
+
+    @contextmanager
+    def _holding_interrupts(self, what: str) -> Iterator[None]:
+        if self._holding:  # learn inside step: the outer block holds them
+            yield
+            return
+        from rlkit.interrupts import hold_interrupts
+
+        self._holding = True
+        try:
+            with hold_interrupts(what, self._mark_inconsistent):
+                yield
+        finally:
+            self._holding = False
+
+    def _mark_inconsistent(self, reason: str) -> None:
+        self._inconsistent = reason
+
+    def _check_usable(self, stage: str) -> None:
+        if self._inconsistent is not None:
+            raise RuntimeError(
+                f"Session.{stage}: this Session cannot continue safely ({self._inconsistent}). Resume the run "
+                f"from its latest checkpoint: rlkit.Session.resume({str(getattr(self, 'run_dir', '<run_dir>'))!r})")
 
     def train(self, steps: int, *, eval_every: int | None = None) -> list[dict]:
         """`steps` RL steps with a progress bar and live plots; evaluates every `eval_every` steps."""
         from tqdm.auto import tqdm
 
         eval_every = self.config.logging.eval_every if eval_every is None else eval_every
+        save_every = self.config.logging.save_every
         history = []
         for _ in tqdm(range(steps), desc=f"{self.algo.name} steps", leave=False):
             stats = self.step()
             if eval_every and self.steps_done % eval_every == 0:
                 stats.update(self.evaluate())
+            if save_every and self.steps_done % save_every == 0:
+                self.save()
             history.append(stats)
         return history
+
+    # ------------------------------------------------------------------ checkpoints: save, resume, fork, export
+
+    def save(self, path: str | Path | None = None) -> Path:
+        """Checkpoint the whole run: `<run_dir>/checkpoints/step-<steps_done>/` (or `path`) holds every trained
+        role's shards with its optimizer and lr schedule, the algorithm's state, the prompt stream's cursor, the
+        RNGs, the step, the config and the monitor's history; `checkpoints/latest` names it once it is complete
+        (the write is atomic: a killed save leaves the previous checkpoint in place). `logging.keep_last`
+        prunes older ones. Returns the folder. See `rlkit.run_checkpoint`."""
+        from rlkit.run_checkpoint import save_session
+
+        return save_session(self, path)
+
+    @classmethod
+    def resume(cls, source: str | Path, overrides: dict | None = None, *, fork: bool = False,
+               **session_kwargs: Any) -> "Session":
+        """A Session continuing from a checkpoint: `source` is a run directory (its latest checkpoint) or a
+        `checkpoints/step-NNNNNN` folder. The next step equals the step the saved run would have taken.
+
+        overrides: config changes (`{"algo.clip_high": 0.28}`); with `fork=True` the run continues in a new
+            run directory (`logging.run_name` in `overrides`, else `<parent>-fork<step>`) whose `run.json`
+            records the parent run and step, and the parent is left as it was.
+        session_kwargs: what `Session(...)` takes besides the config (`reward_fn=`, `backend=` ...): functions
+            are not saved, so pass the same ones again."""
+        from rlkit.run_checkpoint import plan_resume
+
+        cfg, plan = plan_resume(source, overrides, fork=fork)
+        return cls(cfg, _resume=plan, **session_kwargs)
+
+    def fork(self, overrides: dict | None = None, **session_kwargs: Any) -> "Session":
+        """Save this run at its current step, close it, and return a new run forked from that checkpoint with
+        `overrides` (see `resume`): "what if I had changed the clip at step 120" in one cell. The reward, cost
+        and eval functions and the algorithm object this Session was given carry over unless `session_kwargs`
+        replace them."""
+        checkpoint = self.save()
+        kwargs = {**self._given_fns, "backend": self.backend, **session_kwargs}
+        self.close()
+        return type(self).resume(checkpoint, overrides, fork=True, **kwargs)
+
+    def export(self, path: str | Path) -> Path:
+        """Write the current policy as a plain Hugging Face folder (weights, config, tokenizer and its chat
+        template) that `AutoModelForCausalLM.from_pretrained` and vLLM load. Returns the folder."""
+        path = Path(path).expanduser().resolve()
+        return Path(self.roles["actor"].save_pretrained(str(path)))
 
     def evaluate(self, *, num_prompts: int | None = None, k: int = 0) -> dict:
         """Greedy accuracy and mean reward on the eval split (and pass@k with k samples per prompt when k > 0).
@@ -407,11 +534,15 @@ class Session:
         return self.runtime.closed
 
     def close(self) -> None:
-        """Stop every worker process of this Session, and the Ray cluster if the Session started it."""
+        """Stop every worker process of this Session, and the Ray cluster if the Session started it; idempotent.
+        The processes are freed even when writing dashboard.html or finishing W&B fails (that error follows)."""
         monitor = getattr(self, "monitor", None)
-        if monitor is not None:
-            monitor.close()
-        self.runtime.close()
+        try:
+            if monitor is not None:
+                monitor.close()
+        finally:
+            self.runtime.close(reason="this rlkit.Session was closed with close(): create a new rlkit.Session "
+                                      "(rlkit.Session.resume(run_dir) continues a saved run)")
 
     def __enter__(self) -> "Session":
         return self
@@ -457,103 +588,3 @@ class Session:
         algo = getattr(getattr(self, "algo", None), "name", None)
         return f"<rlkit.Session backend={self.backend!r} algo={algo!r} steps={getattr(self, 'steps_done', 0)} " \
                f"{'closed' if self.closed else 'live'}>"
-
-
-# What `Session.compute` (an algorithm's `s.compute(batch, ...)`) can add to a batch.
-COMPUTABLE_FIELDS = ("scores", "old_logprobs", "ref_logprobs", "values")
-
-# Per-rank measurement suffixes and how ranks combine: the slowest rank sets the time and the fullest
-# one the memory (max); counts and rates add up over ranks (sum); utilisation is the ranks' mean.
-_RANK_MAX = ("/seconds", "/host_rss_gb", "/host_peak_rss_gb", "/cuda_peak_gb")
-_RANK_SUM = ("/tokens_per_s", "/flops")
-_RANK_MEAN = ("/mfu",)
-
-
-def reduce_rank_stats(per_rank: list[dict[str, float]]) -> dict[str, float]:
-    """One stats dict from a role's per-rank `update` results.
-
-    The loss metrics (`actor/pg_loss`, `actor/kl`, ...) are already all-reduced on the workers (identical on
-    every rank: their mean is that value). Each rank's own measurements of the call (`<role>/<call>/<name>`)
-    combine as `_RANK_MAX` / `_RANK_SUM` / `_RANK_MEAN` say; a call's `tokens` are summed (each rank counts
-    its own rows), and anything else is averaged over ranks.
-    """
-    if not per_rank:
-        return {}
-    keys = list(dict.fromkeys(k for r in per_rank for k in r))
-    out = {}
-    for key in keys:
-        values = [float(r[key]) for r in per_rank if key in r]
-        measured = key.count("/") >= 2  # <role>/<call>/<name>: a per-rank measurement
-        if measured and key.endswith(_RANK_MAX):
-            out[key] = max(values)
-        elif measured and (key.endswith(_RANK_SUM) or key.endswith("/tokens")):
-            out[key] = sum(values)
-        else:
-            out[key] = sum(values) / len(values)
-    return out
-
-
-def placement_of(cfg: Config, roles: list[str], backend: str) -> list[tuple[list[str], int]]:
-    """Which roles share devices, from `cluster.placement`:
-
-    - "colocate": every role on all devices (one process per device holds them all);
-    - "split": the actor on its own devices, the other roles together on as many others;
-    - "auto": the planner's choice (`rlkit.plan`) for this config on this cluster.
-    The local backend has one process: everything is colocated.
-    """
-    devices = cfg.cluster.nodes * cfg.cluster.devices_per_node
-    mode = cfg.cluster.placement
-    if backend == "local" or len(roles) == 1 or mode == "colocate":
-        return [(roles, devices)]
-    if mode == "split":
-        return [(["actor"], devices), ([r for r in roles if r != "actor"], devices)]
-    from rlkit.planner import plan_from_config
-
-    pools = plan_from_config(cfg).to_pools()
-    out = [([r for r in pool.roles if r in roles], pool.devices) for pool in pools]
-    out = [(names, n) for names, n in out if names]
-    placed = {r for names, _ in out for r in names}
-    missing = [r for r in roles if r not in placed]
-    if missing:  # roles the planner's dataflow does not model ride with the actor
-        out[0] = (out[0][0] + missing, out[0][1])
-    out.sort(key=lambda item: "actor" not in item[0])  # the actor's group first
-    return out
-
-
-def run_directory(cfg: Config) -> Path:
-    """`logging.run_dir/logging.run_name` (a timestamped name when none is given), created."""
-    name = cfg.logging.run_name or time.strftime(f"{cfg.algo.name}-%Y%m%d-%H%M%S")
-    path = Path(cfg.logging.run_dir) / name
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def check_batch_fits(batch: Batch, stage: str, *, vocab_size: int, max_new_tokens: int) -> None:
-    """ValueError naming every mismatch between `batch` and the session: token ids outside the
-    model's vocabulary, responses longer than `rollout.max_new_tokens`."""
-    problems = []
-    for ids_name, mask_name in (("prompt_ids", "prompt_mask"), ("response_ids", "response_mask")):
-        ids, mask = getattr(batch, ids_name), getattr(batch, mask_name)
-        if ids is None or ids.numel() == 0:
-            continue
-        valid = mask.bool() if mask is not None else torch.ones_like(ids, dtype=torch.bool)  # (B, L)
-        bad = valid & ((ids >= vocab_size) | (ids < 0))  # (B, L): real tokens the model cannot embed
-        if bad.any():
-            row, col = (int(i) for i in bad.nonzero()[0])
-            problems.append(f"Batch.{ids_name}[{row}, {col}] = {int(ids[row, col])} is outside the session's "
-                            f"model vocabulary of {vocab_size} tokens (model.path / model.preset differ)")
-    if batch.response_mask is not None and batch.response_mask.numel():
-        lengths = batch.response_mask.sum(-1)  # (B,)
-        if int(lengths.max()) > max_new_tokens:
-            row = int(lengths.argmax())
-            problems.append(f"Batch row {row} has a {int(lengths[row])}-token response but the session's "
-                            f"rollout.max_new_tokens = {max_new_tokens}")
-    if problems:
-        raise ValueError(f"Session.{stage}: the batch does not fit this session (was it saved by a run with "
-                         f"another model or config?): " + "; ".join(problems))
-
-
-def _require(batch: Batch, fields: tuple[str, ...], stage: str, hint: str) -> None:
-    missing = [f for f in fields if getattr(batch, f) is None]
-    if missing:
-        raise ValueError(f"Session.{stage}: the batch has no {', '.join(missing)}; {hint}")

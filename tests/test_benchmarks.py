@@ -56,3 +56,19 @@ def test_prepare_overlap_smoke_times_both_modes_on_both_placements(capsys):
         assert all(len(r["laps"][k]) == 1 for k in ("old_logprobs", "ref_logprobs", "values", "concurrent"))
         assert r["sequential"] == pytest.approx(r["old_logprobs"] + r["ref_logprobs"] + r["values"])
         assert 0 < r["process_bound"] <= r["sequential"] and r["concurrent"] > 0
+
+
+def test_packing_lora_workload_has_varied_lengths_in_range():
+    import torch
+
+    from benchmarks.packing_lora import response_lengths, varied_batch
+    from rlkit.batch import Batch
+
+    lengths = response_lengths(32, 8, 128)
+    assert lengths == response_lengths(32, 8, 128) and min(lengths) >= 8 and max(lengths) <= 128
+    assert max(lengths) > 4 * min(lengths)  # the padding the knobs remove
+    prompts = Batch(prompt_ids=torch.ones(8, 3, dtype=torch.long), prompt_mask=torch.ones(8, 3, dtype=torch.long),
+                    batch_size=[8])
+    batch = varied_batch(prompts, lengths, vocab=100, samples=4)
+    assert batch.response_mask.sum(-1).tolist() == lengths
+    assert (batch.response_ids[batch.response_mask == 0] == 0).all()

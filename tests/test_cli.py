@@ -100,3 +100,22 @@ def test_train_writes_a_run_directory(tmp_path, capsys):
     assert [line["step"] for line in lines] == [1] and "time/learn" in lines[0]
     assert (run / "dashboard.html").stat().st_size > 10_000
     assert str(run) in capsys.readouterr().out
+
+
+def test_train_saves_every_n_steps_and_resumes_and_forks(tmp_path, capsys):
+    common = ["--steps", "2", "--no-eval"]
+    assert main(["train", "--preset", "arithmetic-tiny", *common, "--set", "cluster.backend=local",
+                 "--set", f"logging.run_dir={tmp_path}", "--set", "logging.run_name=long",
+                 "--set", "logging.save_every=2", "--set", "rollout.prompts_per_step=4",
+                 "--set", "actor.mini_batch_size=16"]) == 0
+    assert (tmp_path / "long" / "checkpoints" / "latest").read_text().strip() == "step-000002"
+    assert main(["train", "--resume", str(tmp_path / "long"), *common]) == 0
+    assert "resumed" in capsys.readouterr().out
+    steps = [json.loads(line)["step"] for line in (tmp_path / "long" / "stats.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+    assert main(["train", "--resume", str(tmp_path / "long"), "--fork", "--steps", "1", "--no-eval",
+                 "--set", "actor.lr=1e-4"]) == 0
+    fork = json.loads((tmp_path / "long-fork4" / "run.json").read_text())
+    assert fork["parent"]["step"] == 4
+    with pytest.raises(SystemExit, match="--set"):
+        main(["train", "--resume", str(tmp_path / "long"), "--preset", "arithmetic-tiny"])

@@ -128,10 +128,24 @@ def check_real_model(nb, workdir: Path) -> None:
     assert (workdir / "runs" / "real-model" / "stats.jsonl").is_file()
 
 
+def check_long_runs(nb, workdir: Path) -> None:
+    runs = workdir / "runs"
+    assert "resumed at step 8" in text_of(nb, code_cell(nb, "Session.resume(\"runs/long\""))
+    assert [json.loads(line)["step"] for line in (runs / "long" / "stats.jsonl").read_text().splitlines()] == \
+        list(range(1, 11))
+    assert sorted(p.name for p in (runs / "long" / "checkpoints").glob("step-*")) == ["step-000008", "step-000010"]
+    for child, step in (("long-fork10", 10), ("long-fork8", 8)):
+        run = json.loads((runs / child / "run.json").read_text())
+        assert run["parent"]["step"] == step
+        lines = (runs / child / "stats.jsonl").read_text().splitlines()
+        assert [json.loads(line)["step"] for line in lines] == list(range(step + 1, step + 5))
+    assert (runs / "long-fork8" / "policy" / "config.json").is_file()
+
+
 CHECKS = {"01_quickstart": check_quickstart, "02_stages_step_by_step": check_stages,
           "03_compare_algorithms": check_compare, "04_custom_advantage": check_custom,
           "05_dashboard_and_memory": check_dashboard, "06_rlhf_pipeline": check_rlhf,
-          "07_real_model": check_real_model}
+          "07_real_model": check_real_model, "08_long_runs": check_long_runs}
 
 
 @pytest.mark.slow
@@ -146,7 +160,7 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
 def test_notebooks_exist_and_are_committed_stripped():
     names = [p.stem for p in NOTEBOOKS]
     for expected in ("01_quickstart", "02_stages_step_by_step", "03_compare_algorithms", "04_custom_advantage",
-                     "05_dashboard_and_memory", "06_rlhf_pipeline", "07_real_model"):
+                     "05_dashboard_and_memory", "06_rlhf_pipeline", "07_real_model", "08_long_runs"):
         assert expected in names, f"notebooks/{expected}.ipynb is missing"
     result = subprocess.run([sys.executable, str(ROOT / "tools" / "strip_notebooks.py"), "--check"],
                             capture_output=True, text=True)

@@ -160,12 +160,15 @@ def test_kwargs_from_config_keep_their_keys():
     model_keys = {"attn_implementation", "seed", "shard_one_rank"}
     assert set(PolicyWorker.kwargs_from_config(cfg)) == model_keys | {
         "model", "optim", "mini_batch_size", "micro_batch_size", "epochs", "temperature", "offload",
-        "gradient_checkpointing", "tokenizer_path", "logits_chunk_size"}
+        "gradient_checkpointing", "tokenizer_path", "logits_chunk_size", "max_tokens_per_micro_batch",
+        "pack_sequences", "lora"}
     assert set(ReferenceWorker.kwargs_from_config(cfg)) == model_keys | {
-        "model", "micro_batch_size", "temperature", "offload", "tokenizer_path", "logits_chunk_size"}
+        "model", "micro_batch_size", "temperature", "offload", "tokenizer_path", "logits_chunk_size",
+        "max_tokens_per_micro_batch", "pack_sequences"}
     critic = CriticWorker.kwargs_from_config(cfg)
     assert set(critic) == model_keys | {"model", "optim", "mini_batch_size", "micro_batch_size", "epochs",
-                                        "value_clip", "offload", "tokenizer_path"}
+                                        "value_clip", "offload", "tokenizer_path", "max_tokens_per_micro_batch",
+                                        "pack_sequences"}
     assert critic["model"] == "/rm"  # no critic_path: the reward model is the critic's start
     costs = RewardModelWorker.kwargs_from_config(cfg, "costs")
     assert set(costs) == model_keys | {"model", "field", "micro_batch_size"}  # the RM folder brings its tokenizer

@@ -129,6 +129,8 @@ class Algorithm(Protocol):
     # Optional hooks (the Session checks with getattr):
     #   generate(stages, prompts) -> Batch          default: stages.rollout(prompts)
     #   after_learn(stages, batch, stats) -> dict   default: nothing to update
+    #   state_dict() -> dict / load_state_dict(d)   state that changes as the run trains (a KL coefficient, a
+    #                                               multiplier), kept in run checkpoints; default: none
 
 
 AlgorithmFactory = Callable[["Config"], Algorithm]

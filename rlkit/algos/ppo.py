@@ -52,5 +52,12 @@ class PPO:
         self.kl_ctl.update(float(kl), len(batch))
         return {"actor/kl_coef": self.kl_ctl.value}
 
+    def state_dict(self) -> dict:
+        """What a run checkpoint keeps: the (adaptive) KL coefficient."""
+        return {"kl_ctl": self.kl_ctl.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.kl_ctl.load_state_dict(state["kl_ctl"])
+
 
 ALGORITHM = PPO

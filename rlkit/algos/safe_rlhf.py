@@ -51,5 +51,12 @@ class SafeRLHF:
         self.lagrange = float(core.lagrange_update(self.lagrange, mean_cost, self.cfg.algo.cost_limit, self.cfg.algo.lagrange_lr))
         return {"safe/lambda": self.lagrange, "safe/cost_violation": mean_cost - self.cfg.algo.cost_limit}
 
+    def state_dict(self) -> dict:
+        """What a run checkpoint keeps: the Lagrange multiplier."""
+        return {"lagrange": self.lagrange}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.lagrange = float(state["lagrange"])
+
 
 ALGORITHM = SafeRLHF

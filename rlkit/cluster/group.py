@@ -114,6 +114,8 @@ class WorkerGroup:
         self._handles = {role: RoleHandle(self, role, spec) for role, spec in roles.items()}
         self._impl = None
         self._closed = False
+        self.closed_reason: str | None = None
+        """Why the group was closed, when its closer said (a newer Session replaced this one's ...)."""
         label = self.label
         if backend == "ray":
             from rlkit.cluster import runtime
@@ -169,11 +171,13 @@ class WorkerGroup:
         """True after `close()`, or once the Ray connection its workers ran on has ended (they died with it)."""
         return self._closed or (self._impl is not None and self._impl.disconnected())
 
-    def close(self) -> None:
-        """Stop every worker process of the group (idempotent). The pool stays and can host a new group."""
+    def close(self, reason: str | None = None) -> None:
+        """Stop every worker process of the group (idempotent). The pool stays and can host a new group.
+        `reason`: why, for the error a later call gets (`ClusterRuntime.close` passes the Session's)."""
         if self._closed:
             return
         self._closed = True
+        self.closed_reason = reason
         try:
             if self._impl is not None:
                 self._impl.close()
@@ -208,6 +212,8 @@ class WorkerGroup:
 
     def _submit(self, role: str, method: str, protocol: str, args: tuple, kwargs: dict) -> WorkerFuture:
         if self._closed:
+            if self.closed_reason:
+                raise RuntimeError(f"{self.label} is closed: {self.closed_reason}")
             raise RuntimeError(f"{self.label} is closed; create a new WorkerGroup")
         where = f"{role}.{method}"
         calls, plan = dispatch(protocol, args, kwargs, self._impl.world_size, where)

@@ -26,11 +26,16 @@ import os
 import shutil
 import tempfile
 import weakref
+from functools import partial
 from typing import Any
 
 # The process's Ray connection as rlkit holds it: the runtime of the latest Session (or the implicit one
 # `ensure_ray` makes), which the next `acquire` replaces. It tags nothing; each runtime keeps its own objects.
 _LIVE: "ClusterRuntime | None" = None
+
+REPLACED = ("this rlkit.Session was replaced by a newer rlkit.Session (creating a Session closes the previous "
+            "one's workers; one Session is live per process): use the newer Session")
+"""The close reason `acquire` gives the runtime it replaces (what a later call on its groups says)."""
 
 
 def live() -> "ClusterRuntime | None":
@@ -114,6 +119,8 @@ class ClusterRuntime:
         self.temp_dir: str | None = None
         """Ray's session folder when this runtime started a local cluster."""
         self.closed = False
+        self.closed_reason: str | None = None
+        """Why `close()` ran, when its caller said (`REPLACED` when a newer Session's runtime took over)."""
         self.started = False
         # What make_pool / make_group made, oldest first. Weak: a group or pool the caller dropped is freed
         # by the garbage collector (Ray kills actors whose handles are gone; a pool removes its placement
@@ -135,7 +142,7 @@ class ClusterRuntime:
                 if prev.owns_ray:
                     rt._take_ray(prev.temp_dir)
                     prev.owns_ray = False
-            prev.close()
+            prev.close(reason=REPLACED)
         rt.start()
         _LIVE = rt
         return rt
@@ -205,19 +212,23 @@ class ClusterRuntime:
         # the session folder (registered after ray.init, so it runs before Ray's own exit hook).
         atexit.register(self.close)
 
-    def close(self) -> None:
-        """Close this runtime's worker groups and pools; shut Ray down if this runtime owns it (idempotent)."""
+    def close(self, reason: str | None = None) -> None:
+        """Close this runtime's worker groups and pools; shut Ray down if this runtime owns it (idempotent).
+        `reason`: why, recorded here and in each group, so a later call on them says it (`REPLACED`: a newer
+        Session's `acquire`; `Session.close` gives its own)."""
         global _LIVE
         if self.closed:
             return
         self.closed = True
+        self.closed_reason = reason
         if _LIVE is self:
             _LIVE = None
         # Ray's shutdown would kill them anyway, but closing first stops the workers in order, marks the
         # groups closed and releases the placement groups of a cluster that stays up (a joined one).
-        for obj in [*self.groups, *self.pools]:  # groups before pools: a pool outlives its group's workers
+        closers = [partial(g.close, reason=reason) for g in self.groups] + [p.close for p in self.pools]
+        for close in closers:  # groups before pools: a pool outlives its group's workers
             try:
-                obj.close()
+                close()
             except Exception:  # noqa: BLE001 - best effort: free the rest
                 pass
         self._made = []

@@ -47,13 +47,18 @@ def config_from_args(args: argparse.Namespace) -> Config:
             raise ConfigError(f"{where}: {e}") from None
     if getattr(args, "algo", None):
         cfg = cfg.override(algo=args.algo)
+    return cfg.override(overrides_from_args(args))
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The `--set KEY=VALUE` arguments as {dotted key: parsed value}."""
     sets = {}
     for item in getattr(args, "overrides", None) or []:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set actor.lr=1e-5")
         sets[key.strip()] = parse_value(key.strip(), raw)
-    return cfg.override(sets)
+    return sets
 
 
 def parse_value(key: str, raw: str) -> Any:

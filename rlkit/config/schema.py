@@ -189,8 +189,34 @@ class ActorConfig:
     the whole (micro-batch, response length, vocabulary) tensor, its softmax temporaries and what backward keeps
     of them. 0 = the whole logits at once (the unchunked path). Models that change their logits after the head
     (Gemma's soft-capping) always take the unchunked path. The two agree to float32 rounding per call, but
-    500 SFT steps of the tiny arithmetic model with chunks ended at another policy (54% vs 66% exact match,
-    2026-12-03), not yet explained: off by default until it is."""
+    500 SFT steps of the tiny arithmetic model with chunks ended at another policy (54% vs 66% exact match),
+    inside the 44-66% that summation order alone spreads that SFT over (BENCHMARKS.md, the SFT rounding
+    spread): off by default so the learning tests keep the start their bars were measured from."""
+    max_tokens_per_micro_batch: int = 0
+    """Token budget of one micro-batch of the actor's update and log-prob passes (and the reference's), instead
+    of `micro_batch_size` rows: rows longest first, as many as fit (rows x longest row padded, their real tokens
+    packed); every rank runs as many micro-batches as the busiest one, and with several ranks each mini-batch is
+    dealt so every rank gets about the same tokens. The losses are normalised by global token counts, so the
+    result equals the row split to float rounding. 0 = `micro_batch_size` rows."""
+    lora_rank: int = 0
+    """Train LoRA adapters of this rank (through PEFT) instead of every weight; 0 = full fine-tuning. The
+    reference policy is then the same model with the adapters disabled (no second copy of the weights), the hf
+    engine generates with the adapted model, vLLM and exports receive the merged weights `W + alpha/r B A`."""
+    lora_alpha: float = 16.0
+    """LoRA scaling numerator: the adapters' output is multiplied by lora_alpha / lora_rank."""
+    lora_target_modules: str = "all-linear"
+    """Layers that get adapters: "all-linear" (every linear layer but the LM head) or comma-separated module
+    names ("q_proj,k_proj,v_proj,o_proj")."""
+    pack_sequences: bool = False
+    """Run each micro-batch of the actor (and reference) as one packed row without padding: sequences
+    side by side with positions restarting at 0, the attention kept apart by transformers' packed-sequence
+    masks (flash-attention 2 varlen on GPU). Checked at start-up on the model; padded (with a warning) where
+    the attention does not keep packed sequences apart. Equal to the padded computation to float rounding."""
+    on_nonfinite: str = "skip"
+    """What a step does with NaN/inf scores or costs (or ones beyond +-1e15, which overflow the advantages) and
+    with optimizer steps skipped for a non-finite gradient norm (actor or critic): "skip" warns with the step
+    and the rows (or the role) and goes on, the optimizer skipping what it cannot apply (counted in
+    `actor/skipped_steps`); "raise" stops the step with an error (rlkit.nonfinite)."""
 
 
 @dataclass(kw_only=True)
@@ -207,6 +233,10 @@ class CriticConfig:
     """Clip new values to old values +- this (PPO value clipping); None = no clipping."""
     offload: bool = False
     """Move critic parameters and optimizer state to CPU between stages."""
+    max_tokens_per_micro_batch: int = 0
+    """Token budget of one critic micro-batch (as `actor.max_tokens_per_micro_batch`); 0 = `micro_batch_size` rows."""
+    pack_sequences: bool = False
+    """Run each critic micro-batch as one packed row without padding (as `actor.pack_sequences`)."""
 
 
 @dataclass(kw_only=True)
@@ -292,7 +322,10 @@ class LoggingConfig:
     eval_every: int = 0
     """Evaluate on the held-out prompts every this many RL steps; 0 = never."""
     save_every: int = 0
-    """Checkpoint every this many RL steps; 0 = only when asked (not read yet)."""
+    """Checkpoint the whole run (`Session.save`) every this many RL steps in `train()` / `rlkit train`;
+    0 = only when asked."""
+    keep_last: int = 0
+    """Keep only the newest this many checkpoints of the run (older ones are deleted after each save); 0 = all."""
     dashboard: bool = True
     """Show the live dashboard in notebooks."""
 
@@ -472,9 +505,10 @@ class Config:
         for key in ("data.eval_size", "rollout.temperature", "rollout.top_k", "actor.warmup_steps",
                     "actor.weight_decay", "actor.entropy_coef", "critic.warmup_steps", "algo.clip_high",
                     "algo.kl_coef", "algo.lagrange_init", "algo.lagrange_lr", "algo.overlong_buffer",
-                    "algo.overlong_penalty", "logging.eval_every", "logging.save_every"):
+                    "algo.overlong_penalty", "logging.eval_every", "logging.save_every", "logging.keep_last",
+                    "actor.max_tokens_per_micro_batch", "critic.max_tokens_per_micro_batch", "actor.lora_rank"):
             c.at_least(key, 0)
-        for key in ("actor.lr", "critic.lr", "actor.grad_clip", "critic.grad_clip", "critic.value_clip",
+        for key in ("actor.lr", "critic.lr", "actor.grad_clip", "critic.grad_clip", "critic.value_clip", "actor.lora_alpha",
                     "algo.kl_target", "reward.timeout_s"):
             c.greater(key, 0)
         c.greater("algo.dual_clip", 1)  # dual-clip PPO needs c > 1 (Ye et al. 2020)
@@ -487,7 +521,7 @@ class Config:
         for key, choices in (("model.dtype", ("auto", "float32", "bfloat16")),
                              ("model.attn_implementation", ("eager", "sdpa", "flash_attention_2")),
                              ("rollout.engine", ENGINE_NAMES), ("rollout.gather_weights", ("auto", "always")),
-                             ("actor.lr_schedule", ("constant", "cosine")),
+                             ("actor.lr_schedule", ("constant", "cosine")), ("actor.on_nonfinite", ("skip", "raise")),
                              ("algo.loss_agg", AGG_MODES), ("algo.kl_kind", KL_KINDS),
                              ("cluster.backend", ("ray", "local")), ("cluster.placement", ("colocate", "split", "auto")),
                              ("cluster.device", ("auto", "cpu", "cuda")),

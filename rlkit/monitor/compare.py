@@ -56,6 +56,8 @@ class RunData:
     """The run config, nested."""
     history: list[dict[str, Any]] = field(default_factory=list)
     """One flat dict per logged step, in order."""
+    parent: dict[str, Any] = field(default_factory=dict)
+    """A forked run's origin from its run.json: {"run": parent run directory, "step": fork step}; {} otherwise."""
 
     def series(self, metric: str, x: str = "step") -> tuple[list[float], list[float]]:
         """(x values, metric values) over the rows that have both as numbers. For x="step" a W&B row
@@ -92,8 +94,10 @@ def load_run(spec: Any) -> RunData:
 
     path = Path(spec)
     if path.is_dir() and (path / STATS_FILE).is_file():
+        from rlkit.run_checkpoint import lineage
+
         return RunData(name=path.name, source="rlkit", location=str(path), config=read_config(path),
-                       history=read_stats(path))
+                       history=read_stats(path), parent=lineage(path))
     if path.exists():
         from rlkit.monitor.wandb_read import read_offline_run
 
@@ -314,6 +318,12 @@ def _figure(runs: list[RunData], metrics: list[str], x: str):
                 row=row + 1, col=col + 1,
             )
             in_legend.add(run.name)
+    for j, run in enumerate(runs):  # a fork's first step is drawn where its parent's curve was cut
+        if run.parent.get("step") is not None and x == "step":
+            parent_name = Path(str(run.parent.get("run", "parent"))).name
+            fig.add_vline(x=run.parent["step"], line={"dash": "dot", "color": palette[j % len(palette)], "width": 1},
+                          annotation_text=f"{run.name}: fork of {parent_name} at step {run.parent['step']}",
+                          annotation_font_size=9, row="all", col="all")
     fig.update_layout(height=280 * rows + 60, template="plotly_white", margin={"l": 40, "r": 20, "t": 60, "b": 30},
                       title=f"{len(runs)} runs: " + ", ".join(run.name for run in runs))
     fig.update_xaxes(title_text=x, row=rows)

@@ -80,10 +80,15 @@ class RunLog:
         wandb_mode: str = "offline",
         wandb_name: Optional[str] = None,
         wandb_entity: Optional[str] = None,
+        wandb_id: Optional[str] = None,
+        parent: Optional[Mapping[str, Any]] = None,
+        resumed_at: Optional[int] = None,
     ):
         """`config`: a nested dict or an `rlkit.Config`; `wandb_mode`: online, offline or disabled.
         The W&B run is named after the folder unless `wandb_name` is given. An existing run
-        directory is appended to (a resumed run continues its stats.jsonl)."""
+        directory is appended to (a resumed run continues its stats.jsonl). `wandb_id`: continue that W&B run
+        (a resumed run); `parent`: a fork's parent run and step, kept in run.json; `resumed_at`: the step a
+        resumed run continues from (added to run.json's `resumed` list)."""
         self.run_dir = Path(run_dir)
         """The run's folder."""
         self.config = _config_dict(config)
@@ -93,9 +98,18 @@ class RunLog:
         self.wandb = None
         """The `WandbLogger` when W&B is on, else None."""
         self._closed = False
+        self.parent = dict(parent) if parent else None
+        """A fork's origin: {"run": parent run directory, "step": fork step, "checkpoint": folder}, else None."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / CONFIG_FILE).write_text(yaml.safe_dump(_jsonable(self.config), sort_keys=False), encoding="utf-8")
-        info: dict[str, Any] = {"name": self.run_dir.name, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        info: dict[str, Any] = {"name": self.run_dir.name, "created": now}
+        previous = self.run_dir / RUN_FILE
+        if resumed_at is not None and previous.is_file():  # a resumed run keeps its record and adds the resume
+            info = {**json.loads(previous.read_text(encoding="utf-8")), "name": self.run_dir.name}
+            info["resumed"] = [*info.get("resumed", []), {"step": int(resumed_at), "time": now}]
+        if self.parent:
+            info["parent"] = self.parent
         if wandb:
             from rlkit.monitor.wandb_log import WandbLogger
 
@@ -106,6 +120,7 @@ class RunLog:
                 mode=wandb_mode,
                 name=wandb_name or self.run_dir.name,
                 entity=wandb_entity,
+                run_id=wandb_id,
             )
             local = self.wandb.local_dir
             info["wandb"] = {
@@ -142,6 +157,31 @@ class RunLog:
         if self.wandb is not None:
             self.wandb.log(line, step=self.step)
         return line
+
+    def truncate_after(self, step: int) -> int:
+        """Move the stats and sample lines with a step above `step` (written by a run that crashed after its
+        last checkpoint) to `stats.after-step-<step>.jsonl` / `samples.after-step-<step>.jsonl`; returns how
+        many stats lines moved. Each file is replaced atomically."""
+        moved = 0
+        for name in (STATS_FILE, SAMPLES_FILE):
+            path = self.run_dir / name
+            if not path.is_file():
+                continue
+            rows = read_jsonl(path)
+            keep, later = [], []
+            for row in rows:
+                row_step = as_float(row.get("step"))
+                (later if row_step is not None and row_step > step else keep).append(row)
+            if not later:
+                continue
+            moved += len(later) if name == STATS_FILE else 0
+            _append_lines(path.with_name(f"{path.stem}.after-step-{step}.jsonl"), later)
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.unlink(missing_ok=True)
+            _append_lines(tmp, keep)
+            os.replace(tmp, path)
+        self.step = int(step)
+        return moved
 
     def log_samples(self, rows: Any, step: Optional[int] = None, *, max_rows: int = 16) -> list[dict[str, Any]]:
         """Append sample rows to samples.jsonl and log them as a W&B table `samples`.

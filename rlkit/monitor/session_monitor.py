@@ -17,6 +17,7 @@ from typing import Any, Iterator
 
 import torch
 
+from rlkit.cluster.errors import WorkerDiedError
 from rlkit.monitor.dashboard import Dashboard
 from rlkit.monitor.progress import format_progress, in_notebook
 from rlkit.monitor.runlog import RunLog
@@ -78,20 +79,44 @@ def _driver_rss_gib() -> float:
     return psutil.Process().memory_info().rss / 2**30
 
 
+class StatsWriteError(OSError):
+    """A step's stats line could not be written; the step itself was applied and counted."""
+
+
+def add_resume_note(err: BaseException, run_dir: Path) -> None:
+    """Tell the user of a dead worker how the run goes on: `rlkit.Session.resume(run_dir)` (once per error)."""
+    latest = run_dir / "checkpoints" / "latest"
+    if latest.is_file():
+        note = (f"rlkit: the Session cannot go on. rlkit.Session.resume({str(run_dir)!r}) continues this run from "
+                f"its latest checkpoint (the one {latest} names)")
+    else:
+        note = (f"rlkit: the Session cannot go on. No checkpoint of this run was saved yet ({latest} is absent: "
+                f"s.save() or logging.save_every writes them, and rlkit.Session.resume({str(run_dir)!r}) then "
+                f"continues from the latest); create a new rlkit.Session to start again")
+    if note not in getattr(err, "__notes__", []):
+        err.add_note(note)
+
+
 class StageRecord(dict):
     """What a stage body hands to the monitor: `generated_tokens` / `tokens`, `batch`, `stats`."""
 
 
 class SessionMonitor:
-    def __init__(self, cfg: Any, run_dir: str | Path, *, roles: list[str], pop_role_stats=None):
-        """`pop_role_stats()`: returns {role: per-rank lists of call stats} since the last call (or None)."""
+    def __init__(self, cfg: Any, run_dir: str | Path, *, roles: list[str], pop_role_stats=None, resume: Any = None):
+        """`pop_role_stats()`: returns {role: per-rank lists of call stats} since the last call (or None).
+        `resume`: the `rlkit.run_checkpoint.ResumePlan` of a resumed or forked run (W&B continues the saved
+        run, or a fork records its parent); `restore` then brings back the history."""
         log = cfg.logging
+        same_run = resume is not None and not resume.fork
         self.run_dir = Path(run_dir)
         self.dashboard = Dashboard(title=f"rlkit · {cfg.algo.name} · {self.run_dir.name}",
                                    widget=None if log.dashboard else False)
         """Live plots (a FigureWidget in a notebook); `write_html` exports them."""
         self.runlog = RunLog(self.run_dir, cfg, wandb=log.wandb, wandb_project=log.wandb_project,
-                             wandb_mode=log.wandb_mode)
+                             wandb_mode=log.wandb_mode,
+                             wandb_id=resume.state.get("wandb_id") if same_run else None,
+                             parent=resume.parent if resume is not None else None,
+                             resumed_at=resume.step if same_run else None)
         """The run directory: config.yaml, stats.jsonl, samples.jsonl (and W&B when on)."""
         self.roles = roles
         self.pop_role_stats = pop_role_stats
@@ -106,12 +131,18 @@ class SessionMonitor:
         self.verbose = not in_notebook()
         self.log_every = log.log_every
         """Steps between two lines of stats.jsonl / W&B / the progress line (`logging.log_every`)."""
+        self.closed = False
+        """True once `close()` ran."""
 
     @contextmanager
     def stage(self, name: str) -> Iterator[StageRecord]:
         rec = StageRecord()
         start = time.perf_counter()
-        yield rec
+        try:
+            yield rec
+        except WorkerDiedError as err:  # the run is gone with its worker: say how to get it back
+            add_resume_note(err, self.run_dir)
+            raise
         seconds = time.perf_counter() - start
         stats: dict[str, float] = {f"time/{name}": seconds}
         tokens = rec.get(_TOKEN_KEYS.get(name, "tokens"))
@@ -132,14 +163,24 @@ class SessionMonitor:
         """Close step `step`: on every `logging.log_every`-th step log its stats line (and sample rows) and
         print the progress line; return the stats (kept in `history` for every step)."""
         stats = {"step": step, "time/step": seconds, **self.current}
-        logged = step % self.log_every == 0
-        if logged:
-            self.runlog.log(stats, step=step)
-            if batch is not None:
-                self.runlog.log_samples(batch, step=step, max_rows=8)
+        # The step was applied (the weights moved): count it before any write that can fail, so a full or
+        # read-only disk never leaves the monitor one step behind the Session.
         self.history.append(stats)
         self.current = {}
         self.step = step
+        logged = step % self.log_every == 0
+        if logged:
+            target = f"its stats line could not be written to {self.runlog.stats_path}"
+            try:
+                self.runlog.log(stats, step=step)
+                target = f"its sample rows could not be written to {self.run_dir / 'samples.jsonl'}"
+                if batch is not None:
+                    self.runlog.log_samples(batch, step=step, max_rows=8)
+            except OSError as err:
+                raise StatsWriteError(
+                    f"step {step} was applied and counted (the Session's steps_done and monitor.history hold it), "
+                    f"but {target}: {err}. Free space or fix the folder's permissions, then go on: the next "
+                    f"step is {step + 1}") from err
         if self.verbose and logged:
             print(format_progress(stats), flush=True)
         return stats
@@ -151,15 +192,43 @@ class SessionMonitor:
         else:
             self.runlog.log({**stats}, step=step)
 
+    def restore(self, step: int, history: list[dict[str, float]], *, truncate_files: bool = True) -> None:
+        """Continue a resumed run after `step`: its saved `history` is back (and redrawn on the dashboard);
+        with `truncate_files` (the same run directory) the stats and sample lines a crashed run wrote after
+        `step` move aside, so stats.jsonl reads as one run with no step twice."""
+        self.step = int(step)
+        self.history = [dict(h) for h in history]
+        self.current = {}
+        for stats in self.history:
+            self.dashboard.update("resume", stats)
+        if truncate_files:
+            self.runlog.truncate_after(step)
+
     def write_html(self) -> Path:
         return self.dashboard.write_html(self.run_dir / "dashboard.html")
 
     def close(self) -> None:
-        try:
-            if self.dashboard.num_updates:
+        """Write dashboard.html and finish the run log (W&B) once; a second call does nothing. Both are
+        tried; the first error is raised after both."""
+        if self.closed:
+            return
+        self.closed = True
+        errors = []
+        for finish in (self._write_final_dashboard, self.runlog.close):
+            try:
+                finish()
+            except BaseException as err:  # noqa: BLE001 - the other part still runs; the first is raised
+                errors.append(err)
+        if errors:
+            raise errors[0]
+
+    def _write_final_dashboard(self) -> None:
+        if self.dashboard.num_updates:
+            try:
                 self.write_html()
-        finally:
-            self.runlog.close()
+            except OSError as err:
+                err.add_note(f"rlkit: writing {self.run_dir / 'dashboard.html'} failed while closing the run")
+                raise
 
 
 def _is_number(value: Any) -> bool:

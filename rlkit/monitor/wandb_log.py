@@ -41,8 +41,10 @@ class WandbLogger:
         name: Optional[str] = None,
         entity: Optional[str] = None,
         tags: Optional[Sequence[str]] = None,
+        run_id: Optional[str] = None,
     ):
-        """`run_dir`: where wandb writes its `wandb/` folder; `mode`: one of WANDB_MODES."""
+        """`run_dir`: where wandb writes its `wandb/` folder; `mode`: one of WANDB_MODES; `run_id`: continue
+        that run (a resumed rlkit run: its steps carry on after the saved ones) instead of starting one."""
         if mode not in WANDB_MODES:
             raise ValueError(f"logging.wandb_mode must be one of {WANDB_MODES}, got {mode!r}")
         wandb = import_wandb()
@@ -60,6 +62,8 @@ class WandbLogger:
             mode=mode,
             # Another open run (an earlier Session in the same notebook) keeps logging to its own run.
             reinit="create_new",
+            id=run_id,
+            resume="allow" if run_id else None,
         )
         """The `wandb.Run`."""
         self.mode = mode

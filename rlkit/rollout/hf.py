@@ -105,7 +105,8 @@ def cache_argument(model: Any) -> str:
     5.20 on, "past_key_values" before (5.x warns on the old name and drops it in 5.40)."""
     import inspect
 
-    params = inspect.signature(type(model).forward).parameters
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PEFT (LoRA) model's own
+    params = inspect.signature(type(base).forward).parameters
     return "cache" if "cache" in params else "past_key_values"
 
 

@@ -358,10 +358,20 @@ def stream_model(
     with measured_sync(device, world, bucket_bytes) as (stats, tracker, meter):
         stream = stream_full_parameters(module.named_parameters(), bucket_bytes, dtype=dtype, tracker=tracker,
                                         stats=stats, on_step=meter.sample)
+        from rlkit.workers.lora import is_lora_model, merge_lora_weights
+
+        if is_lora_model(module):  # the engine takes plain weights: W + s B A under the base model's names
+            stream = merge_lora_weights(stream, lora_scaling(module))
         load(stream)
         for _ in stream:  # drain: the remaining gathers are collectives the other ranks run too
             pass
     return stats
+
+
+def lora_scaling(module: nn.Module) -> float:
+    """alpha / r of a PEFT model's (one) LoRA adapter."""
+    config = module.peft_config["default"]
+    return float(config.lora_alpha) / float(config.r)
 
 
 __all__ = [

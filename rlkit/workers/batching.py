@@ -48,6 +48,23 @@ def interleave_minibatches(batch: Batch, world_size: int, mini_batch_size: int) 
     return batch.select(minibatch_order(len(batch), world_size, mini_batch_size))
 
 
+def balance_minibatch_tokens(batch: Batch, world_size: int, mini_batch_size: int) -> Batch:
+    """Reorder the rows inside each global mini-batch (rows `[k*M, (k+1)*M)`) so that its W contiguous
+    equal shares hold about the same number of tokens (`rlkit.workers.packing.balanced_rank_order`). Every
+    optimizer step keeps the same rows, so the update is the same to float rounding; call it before
+    `interleave_minibatches` (token-budget micro-batches: a rank with the long rows would run more of
+    them while the others wait at each collective)."""
+    from rlkit.workers.packing import balanced_rank_order, row_token_counts
+
+    _check_minibatch_layout(len(batch), world_size, mini_batch_size)
+    lengths = row_token_counts(batch).tolist()
+    order: list[int] = []
+    for start in range(0, len(batch), mini_batch_size):
+        rows = list(range(start, start + mini_batch_size))
+        order.extend(rows[j] for j in balanced_rank_order([lengths[i] for i in rows], world_size))
+    return batch.select(order)
+
+
 def _check_minibatch_layout(num_rows: int, world_size: int, mini_batch_size: int) -> None:
     if mini_batch_size <= 0 or mini_batch_size % world_size:
         raise ValueError(
@@ -137,6 +154,7 @@ def count_tokens_and_seqs(batch: Batch) -> tuple[float, float]:
 __all__ = [
     "minibatch_order",
     "interleave_minibatches",
+    "balance_minibatch_tokens",
     "local_minibatch_size",
     "chunks",
     "require_fields",

@@ -22,15 +22,22 @@ from rlkit.cluster import WorkerContext, register
 from rlkit.workers import role
 from rlkit.workers.batching import pad_response, sequence_inputs
 from rlkit.workers.optim import OptimConfig
+from rlkit.workers.packing import pack_sequences
 from rlkit.workers.sharded import ShardedModel
 from rlkit.workers.train_step import LossFn
 
 
-def token_values(model: ShardedModel, mb: Batch) -> torch.Tensor:
-    """(b, T) float32 values V(s_t) of `mb`'s response tokens, 0 on padding."""
-    ids, mask, positions, prompt_len = sequence_inputs(mb)
-    scores = model.forward(ids, mask, positions)  # (b, P' + T')
-    values = scores[:, prompt_len - 1 : -1]  # (b, T'): position P'-1+t predicts token t
+def token_values(model: ShardedModel, mb: Batch, *, pack: bool = False) -> torch.Tensor:
+    """(b, T) float32 values V(s_t) of `mb`'s response tokens, 0 on padding. `pack`: the rows as one
+    packed row without padding (`rlkit.workers.packing`), equal to the padded computation to rounding."""
+    if pack:
+        packed = pack_sequences(mb)
+        scores = model.forward(packed.input_ids, None, packed.position_ids)  # (1, N)
+        values = scores[0][packed.predict_index.to(scores.device)]  # (b, T'): each token's predicting position
+    else:
+        ids, mask, positions, prompt_len = sequence_inputs(mb)
+        scores = model.forward(ids, mask, positions)  # (b, P' + T')
+        values = scores[:, prompt_len - 1 : -1]  # (b, T'): position P'-1+t predicts token t
     valid = mb.response_mask.to(values.device).bool()
     return torch.where(valid, pad_response(values, mb.response_ids.shape[1]), torch.zeros((), device=values.device))
 
@@ -86,12 +93,14 @@ class CriticWorker:
             "epochs": cfg.actor.ppo_epochs,
             "value_clip": critic.value_clip,
             "offload": critic.offload,
+            "max_tokens_per_micro_batch": critic.max_tokens_per_micro_batch,
+            "pack_sequences": critic.pack_sequences,
             **role.model_kwargs_from_config(cfg),
         }
 
     def _forward(self, mb: Batch) -> dict[str, torch.Tensor]:
         """`mb -> {"values": (b, T)}`."""
-        return {"values": token_values(self.core.model, mb)}
+        return {"values": token_values(self.core.model, mb, pack=self.core.packing)}
 
     @register("split")
     def compute_values(self, batch: Batch) -> Batch:

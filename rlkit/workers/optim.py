@@ -8,6 +8,7 @@ norm, so every rank clips by the same global factor.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -154,7 +155,11 @@ class Optimizer:
         skipped = not math.isfinite(norm)
         if not skipped:
             self.adamw.step()
-        self.scheduler.step()
+        with warnings.catch_warnings():
+            # A skipped step still advances the schedule (it counts optimizer steps); torch would warn that the
+            # scheduler stepped before the optimizer, which is intended here and says nothing about the skip.
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+            self.scheduler.step()
         self.zero_grad()
         return {"grad_norm": norm, "lr": lr, "skipped": float(skipped)}
 

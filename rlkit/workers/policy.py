@@ -14,6 +14,7 @@ driver so a step sees the same samples on 1 or W ranks).
 
 from __future__ import annotations
 
+import contextlib
 from functools import partial
 from typing import Any
 
@@ -26,7 +27,9 @@ from rlkit.cluster import WorkerContext, register
 from rlkit.rollout.sampling import logprob_temperature
 from rlkit.workers import role
 from rlkit.workers.batching import pad_response, sequence_inputs
+from rlkit.workers.lora import LoraSpec
 from rlkit.workers.optim import OptimConfig
+from rlkit.workers.packing import pack_sequences
 from rlkit.workers.sharded import ShardedModel
 from rlkit.workers.train_step import LossFn
 
@@ -40,6 +43,7 @@ def response_logprobs(
     temperature: float = 1.0,
     with_entropy: bool = True,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    pack: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Log-probs (and entropy) of `mb`'s response tokens under `model`: (b, T) each, float32, 0 on padding.
 
@@ -51,15 +55,23 @@ def response_logprobs(
     (`ShardedModel.token_logprobs`), so no (b, T', V) logits exist in forward or backward.
     0: the whole (b, T', V) logits at once (`logits_to_keep`), the reference path; also taken
     for a model whose forward transforms its logits after the LM head (`chunked_head_unsupported`).
+
+    pack: the rows as one packed row without padding (`rlkit.workers.packing`); equal to the padded
+    computation to float32 rounding.
     """
-    ids, mask, positions, prompt_len = sequence_inputs(mb)
-    trimmed_t = ids.shape[1] - prompt_len
-    targets = ids[:, prompt_len:]  # (b, T')
+    if pack:  # one row (1, N) without padding; predict (b, T'): the columns predicting each response token
+        packed = pack_sequences(mb)
+        ids, mask, positions, targets = packed.input_ids, None, packed.position_ids, packed.targets
+        predict = packed.predict_index
+    else:  # (b, P' + T') left/right padded; the last T' + 1 columns predict the response tokens
+        ids, mask, positions, prompt_len = sequence_inputs(mb)
+        targets, predict = ids[:, prompt_len:], None  # (b, T')
     if chunk_size > 0 and model.chunked_head_unsupported is None:
         logprobs, entropy = model.token_logprobs(ids, mask, positions, targets, temperature=temperature,
-                                                 chunk_size=chunk_size, with_entropy=with_entropy)
+                                                 chunk_size=chunk_size, with_entropy=with_entropy,
+                                                 predict_index=predict)
     else:
-        logits = model.forward(ids, mask, positions, logits_to_keep=trimmed_t + 1)[:, :-1]  # (b, T', V)
+        logits = _response_logits(model, ids, mask, positions, targets.shape[1], predict)  # (b, T', V)
         if temperature != 1.0:
             logits = logits / temperature
         targets = targets.to(logits.device)
@@ -72,6 +84,14 @@ def response_logprobs(
     if with_entropy:
         out["entropy"] = torch.where(valid, pad_response(entropy, width), zero)
     return out
+
+
+def _response_logits(model: ShardedModel, ids, mask, positions, width: int, predict) -> torch.Tensor:
+    """(b, T', V) logits predicting the T' response tokens: only those positions go through the LM head."""
+    if predict is None:
+        return model.forward(ids, mask, positions, logits_to_keep=width + 1)[:, :-1]
+    b, t = predict.shape
+    return model.forward(ids, None, positions, logits_to_keep=predict.reshape(-1))[0].reshape(b, t, -1)
 
 
 def check_chunk_size(chunk_size: int, where: str) -> int:
@@ -121,13 +141,16 @@ class PolicyWorker:
             "offload": actor.offload,
             "gradient_checkpointing": actor.gradient_checkpointing,
             "logits_chunk_size": actor.logits_chunk_size,
+            "max_tokens_per_micro_batch": actor.max_tokens_per_micro_batch,
+            "pack_sequences": actor.pack_sequences,
+            "lora": LoraSpec.from_config(actor),
             **role.model_kwargs_from_config(cfg),
         }
 
     def _forward(self, with_entropy: bool) -> role.ForwardFn:
         """`mb -> {"logprobs": (b, T)[, "entropy": (b, T)]}` at this role's temperature."""
         return partial(response_logprobs, self.model, temperature=self.temperature, with_entropy=with_entropy,
-                       chunk_size=self.logits_chunk_size)
+                       chunk_size=self.logits_chunk_size, pack=self.core.packing)
 
     # ------------------------------------------------------------------ inference
 
@@ -136,7 +159,10 @@ class PolicyWorker:
         """A Batch holding only `field` (B, T): log-probs of the response tokens under the current policy."""
         if field not in LOGPROB_FIELDS:
             raise ValueError(f"{self.name}.compute_logprobs: field={field!r}; allowed {', '.join(LOGPROB_FIELDS)}")
-        out = self.core.infer(batch, "compute_logprobs", self._forward(False))
+        # A LoRA policy is its own reference: the same weights with the adapters off (no second model).
+        disabled = self.model.adapters_disabled() if field == "ref_logprobs" else contextlib.nullcontext()
+        with disabled:
+            out = self.core.infer(batch, "compute_logprobs", self._forward(False))
         return Batch(**{field: out["logprobs"]}, batch_size=[len(batch)])
 
     def logprobs_and_entropy(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:

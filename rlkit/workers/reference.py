@@ -46,6 +46,8 @@ class ReferenceWorker:
             "temperature": logprob_temperature(cfg.rollout.temperature),
             "offload": cfg.actor.offload,
             "logits_chunk_size": cfg.actor.logits_chunk_size,
+            "max_tokens_per_micro_batch": cfg.actor.max_tokens_per_micro_batch,
+            "pack_sequences": cfg.actor.pack_sequences,
             **role.model_kwargs_from_config(cfg),
         }
 
@@ -53,7 +55,7 @@ class ReferenceWorker:
     def compute_logprobs(self, batch: Batch, field: str = "ref_logprobs") -> Batch:
         """A Batch holding only `field` (B, T): reference log-probs of the response tokens, 0 on padding."""
         forward = partial(response_logprobs, self.core.model, temperature=self.temperature, with_entropy=False,
-                          chunk_size=self.logits_chunk_size)
+                          chunk_size=self.logits_chunk_size, pack=self.core.packing)
         return Batch(**{field: self.core.infer(batch, "compute_logprobs", forward)["logprobs"]},
                      batch_size=[len(batch)])
 

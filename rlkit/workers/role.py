@@ -19,6 +19,7 @@ attribute, so no base class is needed. They expect `self.core` to be a `ModelRol
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any, Callable, Protocol
 
 import torch
@@ -26,13 +27,14 @@ from transformers import PretrainedConfig
 
 from rlkit.batch import Batch
 from rlkit.cluster import register
-from rlkit.workers.batching import chunks, local_minibatch_size, mean_padded_length, require_fields
+from rlkit.workers.batching import local_minibatch_size, mean_padded_length, require_fields
 from rlkit.workers.checkpoint import load_checkpoint as _load_checkpoint
 from rlkit.workers.checkpoint import save_checkpoint as _save_checkpoint
 from rlkit.workers.common import CallStats, Residency, load_tokenizer
+from rlkit.workers.lora import LoraSpec
 from rlkit.workers.optim import Optimizer, OptimConfig
 from rlkit.workers.sharded import ShardedModel
-from rlkit.workers.train_step import LossFn, train_epochs
+from rlkit.workers.train_step import LossFn, split_micro_batches, train_epochs
 
 ModelSource = str | os.PathLike | PretrainedConfig
 ForwardFn = Callable[[Batch], dict[str, torch.Tensor]]
@@ -89,6 +91,9 @@ class ModelRole:
         tokenizer_path: str | os.PathLike | None = None,
         seed: int = 0,
         shard_one_rank: bool = False,
+        max_tokens_per_micro_batch: int = 0,
+        pack_sequences: bool = False,
+        lora: LoraSpec | None = None,
     ):
         """
         source: hub name, local folder or transformers config (random init under `seed`).
@@ -102,6 +107,11 @@ class ModelRole:
         mixed_precision: bf16 compute with fp32 master weights; None: on CUDA only.
         tokenizer_path: the tokenizer to check the vocabulary against and export (None: the model folder's).
         shard_one_rank: FSDP2-wrap the model even with one rank (`ShardedModel(shard=True)`).
+        max_tokens_per_micro_batch: > 0: micro-batches by token budget instead of `micro_batch_size` rows
+            (`rlkit.workers.packing`), for `infer` and `train` alike.
+        pack_sequences: run each micro-batch as one packed row without padding, when a check at start-up
+            finds this model's attention keeps packed sequences apart (else padded, with a warning).
+        lora: train LoRA adapters only (`rlkit.workers.lora.LoraSpec`; the policy).
         """
         self.name = name
         self.tokenizer = load_tokenizer(source, tokenizer_path)
@@ -116,11 +126,24 @@ class ModelRole:
             tokenizer=self.tokenizer,
             seed=seed,
             shard=True if shard_one_rank else None,
+            lora=lora,
         )
         self.optimizer = Optimizer(self.model.module, as_optim_config(optim)) if trainable else None
         self.residency = Residency(self.model, self.optimizer, offload)
         self.stats = CallStats(self.model, name)
         self.micro_batch_size, self.mini_batch_size, self.epochs = micro_batch_size, mini_batch_size, epochs
+        if max_tokens_per_micro_batch < 0:
+            raise ValueError(f"{name}: max_tokens_per_micro_batch = {max_tokens_per_micro_batch} must be >= 0 "
+                             "(0: micro_batch_size rows per micro-batch)")
+        self.max_tokens = int(max_tokens_per_micro_batch)
+        self.packing = False
+        """True when forwards run packed (`pack_sequences` asked and `packing_problem` found none)."""
+        if pack_sequences:
+            problem = packing_problem(self.model)
+            if problem:
+                warnings.warn(f"{name}: pack_sequences is off for this model ({problem}); micro-batches run "
+                              "padded", RuntimeWarning, stacklevel=2)
+            self.packing = problem is None
 
     # ------------------------------------------------------------------ calls
 
@@ -134,14 +157,23 @@ class ModelRole:
         require_fields(batch, SEQUENCE_FIELDS, f"{self.name}.{call}")
         parts: dict[str, list[torch.Tensor]] = {}
         lengths: list[float] = []
+        rows: list[int] = []
         with self.residency.on_device(), self.stats.measure(call, backward=False) as info:
-            for mb in chunks(batch, self.micro_batch_size):
+            plan = split_micro_batches(batch, self.micro_batch_size, max_tokens=self.max_tokens,
+                                       packed=self.packing, device=self.model.device)
+            for indices, mb in plan:
                 for key, value in forward(mb).items():
                     parts.setdefault(key, []).append(value.float().cpu())
                 lengths.append(mean_padded_length(mb))
+                rows.extend(indices if indices is not None else [])
             info["tokens"] = batch.num_tokens()
             info["seq_len"] = sum(lengths) / max(1, len(lengths))
-        return {key: torch.cat(values) for key, values in parts.items()}
+        out = {key: torch.cat(values) for key, values in parts.items()}
+        if rows:  # token-budget micro-batches took the rows out of order: put them back
+            back = torch.empty(len(rows), dtype=torch.long)
+            back[torch.tensor(rows)] = torch.arange(len(rows))
+            out = {key: value[back] for key, value in out.items()}
+        return out
 
     def train(
         self,
@@ -173,7 +205,8 @@ class ModelRole:
         if check is not None:
             check(batch, rows, micro, where)
         return train_epochs(self, batch, rows=rows, micro_batch_size=micro, epochs=epochs or self.epochs,
-                            forward=forward, loss_fn=loss_fn, where=where, metric_weight=metric_weight)
+                            forward=forward, loss_fn=loss_fn, where=where, metric_weight=metric_weight,
+                            max_tokens=self.max_tokens, packed=self.packing)
 
     # ------------------------------------------------------------------ state
 
@@ -196,6 +229,31 @@ class ModelRole:
         """The full (unsharded) weights on CPU, gathered on rank 0."""
         with self.residency.on_device():
             return self.model.full_state_dict()
+
+
+def packing_problem(model: ShardedModel) -> str | None:
+    """None when `model` computes two packed sequences as it computes each alone (attention kept apart by
+    the position resets, `rlkit.workers.packing`), else what differed. One tiny no-grad forward (collective
+    when sharded: every rank calls it at construction)."""
+    vocab = int(model.config.get_text_config().vocab_size)
+    lengths = (3, 5)
+    ids = [torch.arange(1, n + 1) % vocab for n in lengths]
+    packed_ids = torch.cat(ids)[None]
+    positions = torch.cat([torch.arange(n) for n in lengths])[None]
+    try:
+        with torch.no_grad():
+            packed = model.forward(packed_ids, None, positions).float().cpu()[0]  # (N, ...)
+            alone = [model.forward(x[None], torch.ones(1, len(x), dtype=torch.long), torch.arange(len(x))[None])
+                     .float().cpu()[0] for x in ids]
+    except Exception as err:  # noqa: BLE001 - an architecture that rejects a mask-less packed row
+        return f"a packed forward failed: {type(err).__name__}: {err}"
+    gap = float((packed - torch.cat(alone)).abs().max())
+    tolerance = 1e-4 if model.compute_dtype == torch.float32 else 5e-2
+    if gap > tolerance:
+        return (f"its attention mixes packed sequences (outputs differ by {gap:.2g} from the padded ones; "
+                f"{type(model.hf_model).__name__} with attn_implementation="
+                f"{getattr(model.config, '_attn_implementation', None)!r})")
+    return None
 
 
 # ---------------------------------------------------------------------- methods the role classes bind

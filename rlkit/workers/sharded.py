@@ -29,6 +29,7 @@ The generation side (unsharding in place for a rollout engine) lives in
 
 from __future__ import annotations
 
+import contextlib
 import os
 import types
 from pathlib import Path
@@ -48,6 +49,7 @@ from transformers import (
 )
 
 from rlkit.algos.chunked_logits import chunked_logprobs_entropy
+from rlkit.workers.lora import LoraSpec, apply_lora, merge_lora_weights
 
 ModelKind = Literal["causal_lm", "token_scores"]
 KINDS = ("causal_lm", "token_scores")
@@ -107,6 +109,7 @@ class ShardedModel:
         tokenizer: Any = None,
         seed: int = 0,
         shard: bool | None = None,
+        lora: LoraSpec | None = None,
     ):
         """
         source: hub name ("Qwen/Qwen2.5-0.5B"), local folder, or a `PretrainedConfig` (random init).
@@ -121,6 +124,8 @@ class ShardedModel:
         seed: seeds every randomly initialised weight identically on every rank.
         shard: wrap in FSDP2. None = when there is more than one rank or mixed precision is on
             (FSDP2's MixedPrecisionPolicy does the bf16 casting); False with several ranks is an error.
+        lora: train LoRA adapters only (`rlkit.workers.lora`; a trainable causal LM): `module` is then the
+            PEFT model, `adapters_disabled()` gives the base model, `full_state_dict` the merged weights.
         """
         if kind not in KINDS:
             raise ValueError(f"ShardedModel(kind={kind!r}): allowed {', '.join(KINDS)}")
@@ -156,8 +161,18 @@ class ShardedModel:
             hf_model.requires_grad_(False)
         self.hf_model = hf_model
         self.config: PretrainedConfig = hf_model.config
+        self.lora = lora
+        """The LoRA adapters trained on this model (`LoraSpec`), or None (full fine-tuning)."""
         root = hf_model if kind == "causal_lm" else TokenScoreModel(hf_model)
         self.chunked_head_unsupported = chunked_head_unsupported(hf_model) if kind == "causal_lm" else "not a causal LM"
+        if lora is not None:
+            if kind != "causal_lm" or not trainable:
+                raise ValueError(f"ShardedModel(lora=...): LoRA adapters are for a trainable causal LM (the policy), "
+                                 f"not kind={kind!r} trainable={trainable}")
+            with torch.random.fork_rng(devices=[]):  # A's random init: the same on every rank and every run
+                torch.manual_seed(seed)
+                root = apply_lora(hf_model, lora)  # freezes the base weights; hf_model's layers hold the adapters
+            self.chunked_head_unsupported = "LoRA adapters (the chunked head reads the plain model's final norm)"
         if self.chunked_head_unsupported is None:
             # an instance method of the root, so FSDP2 can run its pre/post-forward hooks around it (below)
             root.rlkit_token_logprobs = types.MethodType(_root_token_logprobs, root)
@@ -205,18 +220,22 @@ class ShardedModel:
     def forward(
         self,
         input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
+        attention_mask: torch.Tensor | None,
         position_ids: torch.Tensor,
         *,
-        logits_to_keep: int = 0,
+        logits_to_keep: int | torch.Tensor = 0,
     ) -> torch.Tensor:
-        """Causal LM: logits (b, L, V) (only the last `logits_to_keep` positions when > 0).
-        Token scores: (b, L) float32. Inputs are moved to this model's device."""
+        """Causal LM: logits (b, L, V) (only the last `logits_to_keep` positions when an int > 0, or the
+        positions a 1-D index tensor names: (b, K, V)). Token scores: (b, L) float32. Inputs are moved to
+        this model's device. `attention_mask` None with position ids restarting at 0 is a packed row
+        (`rlkit.workers.packing`): transformers masks attention across the sequences in it."""
         if self._offloaded:
             raise RuntimeError("ShardedModel.forward while offloaded to CPU: call onload() first")
         input_ids = input_ids.to(self.device)
-        attention_mask = attention_mask.to(self.device)
+        attention_mask = attention_mask.to(self.device) if attention_mask is not None else None
         position_ids = position_ids.to(self.device)
+        if isinstance(logits_to_keep, torch.Tensor):
+            logits_to_keep = logits_to_keep.to(self.device)
         if self.kind == "causal_lm":
             out = self.module(
                 input_ids=input_ids,
@@ -238,9 +257,12 @@ class ShardedModel:
         temperature: float = 1.0,
         chunk_size: int,
         with_entropy: bool = True,
+        predict_index: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Causal LM: log-probs of `targets` (b, T), the last T tokens of `input_ids` (b, L), and the
         entropy at those positions, float32, from the final hidden states `chunk_size` tokens at a time.
+        `predict_index` (b, T): the columns of a packed `input_ids` (1, N) that predict `targets` instead
+        (`rlkit.workers.packing`; `attention_mask` None).
 
         Equals `log_softmax(forward(..., logits_to_keep=T + 1)[:, :-1] / temperature)` at `targets` (and
         its entropy), without ever holding the (b, T, V) logits: see `rlkit.algos.chunked_logits`. Runs
@@ -252,13 +274,15 @@ class ShardedModel:
         if self.chunked_head_unsupported is not None:
             raise ValueError(f"ShardedModel.token_logprobs: {self.chunked_head_unsupported}; use forward() "
                              "and logprobs_from_logits (actor.logits_chunk_size = 0)")
-        if targets.dim() != 2 or targets.shape[0] != input_ids.shape[0] or targets.shape[1] >= input_ids.shape[1]:
+        if predict_index is None and (targets.dim() != 2 or targets.shape[0] != input_ids.shape[0]
+                                      or targets.shape[1] >= input_ids.shape[1]):
             raise ValueError(f"ShardedModel.token_logprobs: targets {tuple(targets.shape)} must be (b, T) with "
                              f"T < L for input_ids {tuple(input_ids.shape)} (the last T tokens)")
         device = self.device
         return self.module.rlkit_token_logprobs(
-            input_ids.to(device), attention_mask.to(device), position_ids.to(device), targets.to(device),
-            temperature, chunk_size, with_entropy,
+            input_ids.to(device), attention_mask.to(device) if attention_mask is not None else None,
+            position_ids.to(device), targets.to(device), temperature, chunk_size, with_entropy,
+            predict_index.to(device) if predict_index is not None else None,
         )
 
     # ------------------------------------------------------------------ offload
@@ -292,7 +316,14 @@ class ShardedModel:
             state = {key: value.detach().clone() for key, value in state.items()}
         if self.kind == "token_scores":
             state = {key.removeprefix("hf."): value for key, value in state.items()}
+        if self.lora is not None and state:  # the policy as a plain model: W + s B A under the base names
+            state = dict(merge_lora_weights(state.items(), self.lora.scaling))
         return state
+
+    def adapters_disabled(self):
+        """A context in which the model computes without its LoRA adapters (the base model: the reference
+        policy of a LoRA run); a no-op without LoRA."""
+        return self.module.disable_adapter() if self.lora is not None else contextlib.nullcontext()
 
     def save_pretrained(self, path: str | os.PathLike, tokenizer: Any = None) -> Path:
         """Write a plain Hugging Face folder (config, safetensors, tokenizer) that
@@ -352,9 +383,11 @@ def _root_token_logprobs(
     temperature: float,
     chunk_size: int,
     with_entropy: bool,
+    predict_index: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Bound to the causal-LM root as `rlkit_token_logprobs` (and registered with FSDP2 as a forward):
     the base model's final hidden states at the positions predicting `targets` (b, T), then the chunked head.
+    `predict_index` (b, T): those positions in a packed row (1, N) instead of the last T + 1 of each row.
 
     The outputs are fresh tensors (not views): FSDP2 hooks its pre-backward onto them.
     """
@@ -362,8 +395,11 @@ def _root_token_logprobs(
     hidden = base(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                   use_cache=False).last_hidden_state  # (b, L, H), after the final norm
     t = targets.shape[1]
-    # position i predicts token i + 1: the T positions before the last predict the last T tokens
-    hidden = hidden[:, -t - 1:-1]  # (b, T, H)
+    if predict_index is not None:
+        hidden = hidden[0][predict_index]  # (1, N, H) -> (b, T, H): a packed row's predicting positions
+    else:
+        # position i predicts token i + 1: the T positions before the last predict the last T tokens
+        hidden = hidden[:, -t - 1:-1]  # (b, T, H)
     head = self.get_output_embeddings()  # inside the root's forward: its unsharded (compute-dtype) weight
     return chunked_logprobs_entropy(hidden, head.weight, targets, bias=head.bias, temperature=temperature,
                                     chunk_size=chunk_size, with_entropy=with_entropy)

@@ -29,6 +29,7 @@ import torch.distributed as dist
 from rlkit.batch import Batch
 from rlkit.workers.batching import chunks, count_tokens_and_seqs, mean_padded_length
 from rlkit.workers.optim import Optimizer
+from rlkit.workers.packing import plan_token_micro_batches, row_token_counts
 
 Outputs = dict[str, torch.Tensor]
 LossFn = Callable[[Outputs, Batch, float, float], "tuple[torch.Tensor, dict]"]
@@ -52,6 +53,32 @@ def global_counts(batch: Batch, device: torch.device) -> tuple[float, float]:
     return tokens, seqs
 
 
+def all_reduce_max(value: int, device: torch.device) -> int:
+    """The largest `value` over all ranks (one collective)."""
+    buf = torch.tensor([float(value)], dtype=torch.float64, device=device)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(buf, op=dist.ReduceOp.MAX)
+    return int(buf.item())
+
+
+def split_micro_batches(batch: Batch, rows: int, *, max_tokens: int = 0, packed: bool = False,
+                        device: torch.device | None = None) -> list[tuple[list[int] | None, Batch]]:
+    """This rank's micro-batches of `batch`: `(row indices, micro-batch)` pairs.
+
+    max_tokens 0: consecutive slices of `rows` rows (indices None: in order). > 0: token-budget
+    micro-batches (`rlkit.workers.packing.plan_token_micro_batches`), as many on every rank (the largest
+    count over ranks: FSDP2 reduce-scatters gradients at every backward, so every rank must run the same
+    number) — collective when max_tokens > 0."""
+    if max_tokens <= 0:
+        return [(None, mb) for mb in chunks(batch, rows)]
+    lengths = row_token_counts(batch).tolist()
+    local = plan_token_micro_batches(lengths, max_tokens, packed=packed)
+    count = all_reduce_max(len(local), device or torch.device("cpu"))
+    plan = local if count == len(local) else plan_token_micro_batches(lengths, max_tokens, packed=packed,
+                                                                     min_count=count)
+    return [(idx, batch.select(idx)) for idx in plan]
+
+
 def _as_float(value, where: str) -> float:
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
@@ -70,8 +97,11 @@ def train_minibatch(
     device: torch.device,
     where: str,
     metric_weight: str = "tokens",
+    max_tokens: int = 0,
+    packed: bool = False,
 ) -> dict[str, float]:
     """Forward/backward every micro-batch of `mini` (this rank's rows), then one optimizer step.
+    Micro-batches: `micro_batch_size` rows, or (`max_tokens` > 0) token budgets (`split_micro_batches`).
 
     Collective: every rank must call it with the same number of micro-batches
     (the `split` protocol gives every rank the same number of rows).
@@ -91,7 +121,11 @@ def train_minibatch(
         )
     loss_sum = 0.0
     weighted: dict[str, float] = {}
-    for mb in chunks(mini, micro_batch_size):
+    # Gradients accumulate over the micro-batches below: start from none, so an update that an exception or
+    # an interrupt cut between two backwards (the local backend runs in the caller's process) never leaves
+    # half-accumulated gradients that this update would add in.
+    optimizer.zero_grad()
+    for _, mb in split_micro_batches(mini, micro_batch_size, max_tokens=max_tokens, packed=packed, device=device):
         outputs = forward(mb)
         result = loss_fn(outputs, mb, tokens, seqs)
         if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], torch.Tensor)):
@@ -114,13 +148,16 @@ def train_minibatch(
 
 
 def mean_of_steps(steps: list[dict[str, float]]) -> dict[str, float]:
-    """Average each metric over optimizer steps (the last `lr`, summed `tokens`)."""
+    """Average each metric over optimizer steps (the last `lr`, summed `tokens`); `skipped` becomes the
+    fraction of skipped steps, and `skipped_steps` counts them (`rlkit.nonfinite.check_update` reads it)."""
     if not steps:
         return {}
     out = {key: sum(s[key] for s in steps) / len(steps) for key in steps[0]}
     out["lr"] = steps[-1]["lr"]
     out["tokens"] = sum(s["tokens"] for s in steps)
     out["optimizer_steps"] = float(len(steps))
+    if "skipped" in steps[0]:
+        out["skipped_steps"] = float(sum(s["skipped"] for s in steps))
     return out
 
 
@@ -135,6 +172,8 @@ def train_epochs(
     loss_fn: LossFn,
     where: str,
     metric_weight: str = "tokens",
+    max_tokens: int = 0,
+    packed: bool = False,
 ) -> dict[str, float]:
     """`epochs` passes of optimizer steps over this rank's rows, `rows` per step: the update loop every
     trainable role (policy, critic, reward model) shares.
@@ -150,6 +189,7 @@ def train_epochs(
                     train_minibatch(
                         role.optimizer, mini, micro_batch_size=micro_batch_size, forward=forward,
                         loss_fn=loss_fn, device=role.model.device, where=where, metric_weight=metric_weight,
+                        max_tokens=max_tokens, packed=packed,
                     )
                 )
         info["tokens"] = batch.num_tokens() * epochs
@@ -158,4 +198,4 @@ def train_epochs(
     return {**metrics, **info["stats"]}
 
 
-__all__ = ["LossFn", "ForwardFn", "Outputs", "all_reduce_sum", "global_counts", "train_minibatch", "train_epochs", "mean_of_steps"]
+__all__ = ["LossFn", "ForwardFn", "Outputs", "all_reduce_sum", "all_reduce_max", "split_micro_batches", "global_counts", "train_minibatch", "train_epochs", "mean_of_steps"]
