@@ -67,6 +67,23 @@ def test_score_is_read_at_the_last_real_token(tiny_model_dir, tokenizer, tmp_pat
     assert not torch.allclose(per_token[:, -1], per_token[torch.arange(4), last])
 
 
+def test_scores_with_a_token_budget_equal_the_fixed_split(tiny_model_dir, tokenizer):
+    """critic.max_tokens_per_micro_batch reaches the reward model's scoring: rows regrouped by length, in order."""
+    pairs = [("12+3=", ("15", True), ("1", False)), ("9+9=", ("18", True), ("7777", True)),
+             ("1+1=", ("2", True), ("22222", False))]
+    batch = encode_pairs(tokenizer, pairs, max_prompt_len=8)
+    cfg = Config.preset("arithmetic-tiny", model={"reward_model_path": str(tiny_model_dir)},
+                        critic={"micro_batch_size": 2, "max_tokens_per_micro_batch": 12})
+    kwargs = RewardModelWorker.kwargs_from_config(cfg)
+    assert kwargs["max_tokens_per_micro_batch"] == 12
+    fixed = {**kwargs, "max_tokens_per_micro_batch": 0}
+    spec = {"budget": RoleSpec(RewardModelWorker, kwargs=kwargs), "fixed": RoleSpec(RewardModelWorker, kwargs=fixed)}
+    with WorkerGroup(None, spec, backend="local") as group:
+        budget, rows = group.budget.score(batch).scores, group.fixed.score(batch).scores
+    assert not torch.equal(batch.response_mask.sum(-1), batch.response_mask.sum(-1)[0].expand(6))  # lengths differ
+    torch.testing.assert_close(budget, rows, rtol=0, atol=1e-5)
+
+
 def test_rule_reward_stands_in_for_the_reward_model(tiny_model_dir, tokenizer):
     texts = [("3", True), ("4", True), ("3", False)]
     eos = tokenizer.eos_token_id

@@ -234,7 +234,8 @@ class CriticConfig:
     offload: bool = False
     """Move critic parameters and optimizer state to CPU between stages."""
     max_tokens_per_micro_batch: int = 0
-    """Token budget of one critic micro-batch (as `actor.max_tokens_per_micro_batch`); 0 = `micro_batch_size` rows."""
+    """Token budget of one critic micro-batch (as `actor.max_tokens_per_micro_batch`), also used when a reward or cost
+    model scores rollouts; 0 = `micro_batch_size` rows."""
     pack_sequences: bool = False
     """Run each critic micro-batch as one packed row without padding (as `actor.pack_sequences`)."""
 

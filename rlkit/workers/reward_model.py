@@ -123,6 +123,9 @@ class RewardModelWorker:
             "model": path,
             "field": field,
             "micro_batch_size": cfg.critic.micro_batch_size,
+            # scoring is a no-grad forward like the critic's: the same token budget (rows sorted by length,
+            # put back in order by ModelRole.infer); never packed, the score is read at each row's last token
+            "max_tokens_per_micro_batch": cfg.critic.max_tokens_per_micro_batch,
             **role.model_kwargs_from_config(cfg, tokenizer=False),
         }
 
