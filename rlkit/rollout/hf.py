@@ -18,9 +18,9 @@ already IS the full parameter and FSDP2's "unshard" is a local copy
 full copy: there the engine leaves FSDP's per-layer copy in place (one layer at a time,
 freed after its forward) unless `keep_unsharded=True` is asked for.
 
-Sampling is our own loop over transformers' forward with a `DynamicCache` (not
-`generate()`): one place decides positions, EOS, stop strings and the log-prob
-convention, and finished rows are dropped from the cache as they end.
+Sampling is our own loop over transformers' forward with a KV cache (not `generate()`; it lives in
+`rlkit.rollout.decode`): one place decides positions, EOS, stop strings and the log-prob
+convention. With the default dynamic cache finished rows are dropped from the cache as they end.
 """
 
 from __future__ import annotations
@@ -36,150 +36,16 @@ import torch
 from torch import nn
 
 from rlkit.batch import PROMPT_TEXT_FIELDS, Batch
-from rlkit.rollout.sampling import SamplingParams, expand_indices, next_tokens, rank_seed
-
-# ----------------------------------------------------------------------------- the sampling loop
-
-
-@dataclass
-class Responses:
-    """What one sampling loop produced for b prompts (one row each), right-padded to T."""
-
-    ids: torch.Tensor
-    """(b, T) long: sampled tokens; `pad_id` after each row's end."""
-    mask: torch.Tensor
-    """(b, T) long: 1 up to and including the token that ended the row (EOS / stop), 0 after."""
-    logprobs: torch.Tensor
-    """(b, T) float32: log_softmax(logits / T_logprob)[token], 0 on padding."""
-    forward_calls: int
-    """Model forward passes run (1 prefill + decode steps)."""
-
-
-class StopStrings:
-    """Detects stop strings at the end of each row's generated text.
-
-    Checked after every token, so a stop string first appears in a window that ends
-    with the newest token: only the last `window` tokens are decoded. A character is
-    at most 4 UTF-8 bytes and every byte-level token carries at least one byte, so
-    `4 * longest + 8` tokens always cover the string (the 8 absorbs tokens that decode
-    to nothing, such as special tokens).
-    """
-
-    def __init__(self, tokenizer: Any, stops: Sequence[str]):
-        if stops and tokenizer is None:
-            raise ValueError("SamplingParams.stop needs a tokenizer to decode text; the engine has none "
-                             "(pass tokenizer_path to the actor or use stop_token_ids)")
-        self.tokenizer, self.stops = tokenizer, list(stops)
-        self.window = 4 * max((len(s) for s in self.stops), default=0) + 8
-
-    def __bool__(self) -> bool:
-        return bool(self.stops)
-
-    def hits(self, generated: torch.Tensor) -> torch.Tensor:
-        """(b, t) tokens generated so far -> (b,) bool: the text ends a stop string."""
-        texts = self.tokenizer.batch_decode(generated[:, -self.window:].tolist(), skip_special_tokens=True)
-        return torch.tensor([any(s in text for s in self.stops) for text in texts], dtype=torch.bool)
-
-
-def trim_left_padding(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Drop the leading columns that are padding in every row (keeps at least one). (b, P) -> (b, P')."""
-    used = prompt_mask.bool().any(0).nonzero()
-    first = min(int(used[0]) if len(used) else prompt_ids.shape[1] - 1, prompt_ids.shape[1] - 1)
-    return prompt_ids[:, first:], prompt_mask[:, first:]
-
-
-def check_left_padded(prompt_mask: torch.Tensor, where: str) -> None:
-    """Raise naming the first row whose mask is not 0...0 1...1 (generation continues from column P-1)."""
-    mask = prompt_mask.long()
-    bad = ((mask[:, 1:] - mask[:, :-1]) < 0).any(-1) | (mask[:, -1] == 0)
-    if bad.any():
-        row = int(bad.nonzero()[0])
-        raise ValueError(
-            f"{where}: prompt row {row} is not left-padded (prompt_mask {mask[row].tolist()}); prompts must end "
-            "at the last column (use rlkit.data.encode_prompts, which left-pads)"
-        )
-
-
-def cache_argument(model: Any) -> str:
-    """The name of the KV-cache argument (and output field) of `model.forward`: "cache" from transformers
-    5.20 on, "past_key_values" before (5.x warns on the old name and drops it in 5.40)."""
-    import inspect
-
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PEFT (LoRA) model's own
-    params = inspect.signature(type(base).forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
-
-
-@torch.no_grad()
-def sample_responses(
-    model: nn.Module,
-    prompt_ids: torch.Tensor,
-    prompt_mask: torch.Tensor,
-    params: SamplingParams,
-    *,
-    eos_ids: Sequence[int],
-    pad_id: int,
-    generator: torch.Generator | None = None,
-    stop_strings: StopStrings | None = None,
-) -> Responses:
-    """Sample one response per row of left-padded prompts with a KV cache.
-
-    `model` is any transformers causal LM (an FSDP-wrapped one too) called as
-    `model(input_ids, attention_mask, position_ids, cache, use_cache, logits_to_keep)` (the KV-cache
-    argument is `cache` from transformers 5.20, `past_key_values` before: `cache_argument` picks).
-    Positions count real tokens only (`cumsum(mask) - 1`), exactly as the trainer's
-    forward (`rlkit.workers.batching.sequence_inputs`) numbers them, so the log-probs
-    match its recomputation. Rows that end are dropped from the cache.
-    """
-    device = prompt_ids.device
-    prompt_ids, mask = trim_left_padding(prompt_ids, prompt_mask.long())
-    b, budget = prompt_ids.shape[0], params.max_new_tokens
-    stop_ids = torch.tensor(sorted(set(eos_ids) | set(params.stop_token_ids)), dtype=torch.long, device=device)
-
-    out_ids = torch.full((b, budget), pad_id, dtype=torch.long, device=device)  # (b, T_max)
-    out_logprobs = torch.zeros((b, budget), dtype=torch.float32, device=device)
-    lengths = torch.full((b,), budget, dtype=torch.long, device=device)  # tokens incl. the ending one
-    active = torch.arange(b, device=device)  # original row of each row still in the cache
-
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (b, P)
-    cache_arg = cache_argument(model)
-    out = model(input_ids=prompt_ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
-    cache, logits = getattr(out, cache_arg), out.logits[:, -1]  # logits (b_active, V)
-    next_position = mask.sum(-1)  # (b_active,) position of the token being generated
-    calls = 1
-    for t in range(budget):
-        early = t < params.min_new_tokens  # no row may end yet
-        tokens, logprobs = next_tokens(logits, params, generator, banned=stop_ids if early else None)  # (b_active,)
-        out_ids[active, t] = tokens
-        out_logprobs[active, t] = logprobs
-        ended = torch.isin(tokens, stop_ids)
-        if stop_strings and t + 1 >= params.min_new_tokens:
-            ended |= stop_strings.hits(out_ids[active, : t + 1]).to(device)
-        lengths[active[ended]] = t + 1
-        if t == budget - 1 or bool(ended.all()):
-            break
-        if bool(ended.any()):  # drop finished rows: later steps cost only the rows still going
-            keep = (~ended).nonzero().squeeze(-1)
-            cache.batch_select_indices(keep)
-            active, tokens, mask, next_position = active[keep], tokens[keep], mask[keep], next_position[keep]
-        mask = torch.cat([mask, mask.new_ones(len(active), 1)], dim=1)
-        out = model(
-            input_ids=tokens[:, None],
-            attention_mask=mask,
-            position_ids=next_position[:, None],
-            use_cache=True,
-            **{cache_arg: cache},
-        )
-        logits = out.logits[:, -1]
-        next_position = next_position + 1
-        calls += 1
-
-    width = max(1, int(lengths.max()))
-    valid = torch.arange(width, device=device)[None, :] < lengths[:, None]  # (b, T)
-    ids = torch.where(valid, out_ids[:, :width], torch.full_like(out_ids[:, :width], pad_id))
-    logprobs = torch.where(valid, out_logprobs[:, :width], torch.zeros_like(out_logprobs[:, :width]))
-    return Responses(ids=ids, mask=valid.long(), logprobs=logprobs, forward_calls=calls)
-
+from rlkit.rollout.decode import (  # the sampling loop lives in decode.py; these names stay importable from here
+    KV_CACHES,
+    Responses,
+    StopStrings,
+    cache_argument,
+    check_left_padded,
+    sample_responses,
+    trim_left_padding,
+)
+from rlkit.rollout.sampling import SamplingParams, expand_indices, rank_seed
 
 # ----------------------------------------------------------------------------- in-place gathering
 
@@ -366,6 +232,8 @@ class HFEngine:
         eos_token_ids: Sequence[int] | None = None,
         pad_token_id: int | None = None,
         audit_memory: bool = False,
+        kv_cache: str = "dynamic",
+        compile_decode: bool = False,
     ):
         """
         model: an `rlkit.workers.sharded.ShardedModel` (causal LM): uses `module`, `fsdp_modules`,
@@ -377,6 +245,8 @@ class HFEngine:
         eos_token_ids / pad_token_id: default to the tokenizer's, then the model config's.
         audit_memory: also measure the parameter storage alive during generation (`SyncStats.param_bytes_*`;
             slows generation down, for tests and benchmarks).
+        kv_cache, compile_decode: the sampling loop's KV cache ("dynamic" or "static") and whether its decode
+            steps run `torch.compile`d (static only): see `rlkit.rollout.decode` and `rollout.kv_cache`.
         """
         if getattr(model, "kind", "causal_lm") != "causal_lm":
             raise ValueError(f"HFEngine needs a causal LM ShardedModel, got kind={model.kind!r}")
@@ -389,6 +259,11 @@ class HFEngine:
             raise ValueError("HFEngine: no EOS token id in the tokenizer or the model config; pass eos_token_ids")
         self.pad_id = pad_token_id if pad_token_id is not None else _pad_id(tokenizer, model.config, self.eos_ids)
         self.audit_memory = audit_memory
+        if kv_cache not in KV_CACHES:
+            raise ValueError(f"HFEngine: kv_cache={kv_cache!r}: must be one of {KV_CACHES}")
+        if compile_decode and kv_cache != "static":
+            raise ValueError("HFEngine: compile_decode needs kv_cache='static'")
+        self.kv_cache, self.compile_decode = kv_cache, compile_decode
         self.calls = 0
         self.last_sync: SyncStats | None = None
         self.generate_stats: dict[str, float] = {}
@@ -463,6 +338,7 @@ class HFEngine:
                 responses = sample_responses(
                     module, rows.prompt_ids.to(device), rows.prompt_mask.to(device), params,
                     eos_ids=self.eos_ids, pad_id=self.pad_id, generator=generator, stop_strings=stops,
+                    kv_cache=self.kv_cache, compile_decode=self.compile_decode,
                 )
         finally:
             module.train(was_training)
@@ -515,6 +391,7 @@ __all__ = [
     "reset_peak_memory",
     "peak_memory_since_reset",
     "parameter_storage_bytes",
+    "cache_argument",
     "check_left_padded",
     "trim_left_padding",
 ]

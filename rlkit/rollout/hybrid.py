@@ -51,7 +51,8 @@ def _build_hf(policy: PolicyWorker, *, rank: int, seed: int, rollout: Any, keep_
     from rlkit.rollout.hf import HFEngine
 
     return HFEngine(policy.model, policy.tokenizer, rank=rank, seed=seed, keep_unsharded=keep_unsharded,
-                    audit_memory=audit_memory)
+                    audit_memory=audit_memory, kv_cache=getattr(rollout, "kv_cache", "dynamic"),
+                    compile_decode=getattr(rollout, "compile_decode", False))
 
 
 def _build_vllm(policy: PolicyWorker, *, rank: int, seed: int, rollout: Any, keep_unsharded: bool | None,
