@@ -10,6 +10,7 @@ import torch
 from rlkit.config import RolloutConfig
 from rlkit.rollout.sampling import (
     SamplingParams,
+    draw_tokens,
     expand_indices,
     filter_logits,
     group_ids_for,
@@ -134,6 +135,36 @@ def test_same_generator_seed_same_draws():
     b, _ = next_tokens(logits, params, torch.Generator().manual_seed(rank_seed(5, 0)))
     c, _ = next_tokens(logits, params, torch.Generator().manual_seed(rank_seed(5, 1)))
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_draw_tokens_follows_the_probabilities_across_blocks_and_never_draws_zeros():
+    """Two-level inverse CDF: blocks of 4 over a vocabulary of 10 (the last block padded), zeros in between."""
+    p = torch.tensor([0.05, 0.0, 0.15, 0.0, 0.0, 0.0, 0.0, 0.0, 0.5, 0.3])
+    tokens = draw_tokens(p.expand(100_000, 10).contiguous(), torch.Generator().manual_seed(3), block=4)
+    freq = torch.bincount(tokens, minlength=10).float() / len(tokens)
+    assert torch.allclose(freq, p, atol=0.005), freq
+    assert freq[[1, 3, 4, 5, 6, 7]].sum() == 0  # zero-probability tokens, and a whole zero block
+
+
+def test_draw_tokens_is_the_inverse_cdf_of_its_two_uniforms():
+    """By hand: the generator's two uniforms per row pick the block by mass, then the token inside it."""
+    probs = torch.softmax(torch.randn(6, 12, generator=torch.Generator().manual_seed(0)), -1)
+    got = draw_tokens(probs, torch.Generator().manual_seed(7), block=4)
+    u = torch.rand((6, 2), generator=torch.Generator().manual_seed(7))
+    for row in range(6):
+        masses = probs[row].view(3, 4).sum(-1)
+        block = int((masses.cumsum(0) <= u[row, 0] * masses.sum()).sum())
+        inner = probs[row, 4 * block: 4 * block + 4]
+        token = 4 * block + int((inner.cumsum(0) <= u[row, 1] * inner.sum()).sum())
+        assert got[row] == token
+
+
+def test_draw_tokens_falls_back_to_the_last_positive_entry_when_u_rounds_to_the_total():
+    weights = torch.tensor([[0.2, 0.8, 0.0, 0.0]])
+    from rlkit.rollout.sampling import _inverse_cdf
+
+    assert _inverse_cdf(weights, torch.tensor([[1.0]])).item() == 1  # u * total == total: not the zero entries
+    assert _inverse_cdf(weights, torch.tensor([[0.0]])).item() == 0
 
 
 # ----------------------------------------------------------------------------- masks and layout
