@@ -51,6 +51,32 @@ def test_kwargs_from_config_never_hand_a_zero_temperature_to_a_role(cls):
     assert cls.kwargs_from_config(cfg)["temperature"] == 0.7
 
 
+@pytest.mark.parametrize("cls", MODEL_ROLES)
+def test_model_dtype_reaches_every_role(cls, tiny_model_dir):
+    """model.dtype decides mixed precision (it was read by nothing: a bfloat16 config trained in fp32)."""
+    from rlkit.config import Config
+
+    for dtype, expected in (("bfloat16", True), ("float32", False), ("auto", None)):
+        cfg = Config.preset("arithmetic-tiny", model={"dtype": dtype, "reward_model_path": str(tiny_model_dir)})
+        assert cls.kwargs_from_config(cfg)["mixed_precision"] is expected, (cls.__name__, dtype)
+
+
+def test_a_bfloat16_policy_computes_in_bfloat16_on_cpu(tiny_model_dir):
+    from rlkit.config import Config
+
+    batch = make_batch(6, seed=3)
+    specs = {}
+    for dtype in ("float32", "bfloat16"):
+        cfg = Config.preset("arithmetic-tiny", model={"path": str(tiny_model_dir), "dtype": dtype})
+        specs[dtype.replace("float", "f")] = RoleSpec(PolicyWorker, kwargs=PolicyWorker.kwargs_from_config(cfg))
+    with WorkerGroup(None, specs, backend="local") as group:
+        fp32 = group.f32.compute_logprobs(batch).old_logprobs
+        bf16 = group.bf16.compute_logprobs(batch).old_logprobs
+    valid = batch.response_mask == 1
+    gap = (fp32 - bf16)[valid].abs().max()
+    assert bf16.dtype == torch.float32 and 1e-4 < gap < 0.5, gap  # bf16 rounding, not another model
+
+
 def test_reference_at_greedy_rollout_temperature_gives_the_policys_logprobs_at_one(tiny_model_dir):
     batch = make_batch(6, seed=11)
     specs = {

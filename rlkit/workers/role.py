@@ -55,6 +55,9 @@ def model_kwargs_from_config(cfg: Any, *, tokenizer: bool = True) -> dict[str, A
     tokenizer: include `model.tokenizer_path` (False for a reward model, which brings its own).
     """
     kwargs = {
+        # model.dtype: "bfloat16" = bf16 compute with fp32 master weights (on CPU too), "float32" = none,
+        # "auto" = None: bf16 on CUDA, fp32 on CPU (ShardedModel decides)
+        "mixed_precision": {"bfloat16": True, "float32": False}.get(cfg.model.dtype),
         "attn_implementation": cfg.model.attn_implementation,
         "seed": cfg.seed,
         "shard_one_rank": cfg.cluster.shard_one_rank,
