@@ -183,7 +183,7 @@ def test_critic_update_names_the_fields_the_default_loss_needs(tiny_model_dir):
 def test_kwargs_from_config_keep_their_keys():
     cfg = greedy_config()
     cfg.model.reward_model_path = cfg.model.cost_model_path = "/rm"
-    model_keys = {"attn_implementation", "seed", "shard_one_rank"}
+    model_keys = {"attn_implementation", "seed", "shard_one_rank", "mixed_precision"}
     assert set(PolicyWorker.kwargs_from_config(cfg)) == model_keys | {
         "model", "optim", "mini_batch_size", "micro_batch_size", "epochs", "temperature", "offload",
         "gradient_checkpointing", "tokenizer_path", "logits_chunk_size", "max_tokens_per_micro_batch",
@@ -197,5 +197,5 @@ def test_kwargs_from_config_keep_their_keys():
                                         "pack_sequences"}
     assert critic["model"] == "/rm"  # no critic_path: the reward model is the critic's start
     costs = RewardModelWorker.kwargs_from_config(cfg, "costs")
-    assert set(costs) == model_keys | {"model", "field", "micro_batch_size"}  # the RM folder brings its tokenizer
+    assert set(costs) == model_keys | {"model", "field", "micro_batch_size", "max_tokens_per_micro_batch"}  # no tokenizer_path: the RM folder brings its own
     assert costs["field"] == "costs"
