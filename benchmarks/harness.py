@@ -6,9 +6,12 @@
     .venv/bin/python -m benchmarks.harness scaling --arms trl --sizes 1m,9m --prompts 8,32 --steps 3
     # the controller's overhead: rlkit on 1 Ray rank, 2 Ray ranks and the local backend
     .venv/bin/python -m benchmarks.harness compare --arms rlkit:ray:1,rlkit:ray:2,rlkit:local:1 --baseline rlkit:local:1
+    # the realistic workload (benchmarks.realistic): SmolLM2-135M-Instruct on chat_sums, natural lengths <= 128
+    .venv/bin/python -m benchmarks.harness compare --size smollm2 --arms rlkit:local:1,rlkit,trl --rounds 1 --steps 2
 
-An arm is `side[:backend[:ranks]][@threads]` with side `trl` or `rlkit` (`trl@1`: TRL on
-one core, e.g. `--arms trl@1,trl@2` to compare thread counts in one run). Every run is a fresh
+An arm is `side[:backend[:ranks]][/bf16][@threads]` with side `trl` or `rlkit` (`trl@1`: TRL on
+one core, e.g. `--arms trl@1,trl@2` to compare thread counts in one run; `/bf16`: the realistic
+workload in bfloat16, rlkit's `model.dtype` or TRL's `bf16=True`, e.g. `--arms trl,trl/bf16`). Every run is a fresh
 process (`python -m benchmarks.<side>_grpo ...`) that prints one `BENCH_JSON` line;
 separate processes of identical code differ by up to 20 % on this machine, so arms
 alternate within each round and what is reported is, per metric, the median over a run's
@@ -43,14 +46,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.compute_floor import ModelShape, measure_peak_rate, step_flops
+from benchmarks.realistic import REAL_SIZE, RealWork
 from benchmarks.reference_work import DEFAULT_WORKDIR, EXPECTED_SHAPES, ReferenceWork, build_reference, parse_record
 
 REPO = Path(__file__).resolve().parents[1]
-METRICS = ("step_s", "generate_s", "ref_s", "old_s", "learn_s", "sync_s", "gen_tokens_per_s", "gen_tokens")
+METRICS = ("step_s", "generate_s", "ref_s", "old_s", "learn_s", "sync_s", "gen_tokens_per_s", "gen_tokens",
+           "s_per_gen_token", "padding_frac")
 RUN_METRICS = ("peak_rss_tree_mb", "peak_rss_self_mb")
 LABELS = {"step_s": "step wall (s)", "generate_s": "generate (s)", "ref_s": "ref log-probs (s)",
           "old_s": "old log-probs (s)", "learn_s": "learn (s)", "sync_s": "weight sync (s)",
           "gen_tokens_per_s": "gen tokens/s", "gen_tokens": "gen tokens/step",
+          "s_per_gen_token": "step s / gen token", "padding_frac": "padding (train)",
           "peak_rss_tree_mb": "peak RSS tree (MiB)", "peak_rss_self_mb": "peak RSS main (MiB)",
           "floor_frac": "floor/step"}
 
@@ -67,14 +73,19 @@ class Arm:
     """rlkit only: data-parallel workers."""
     threads: int | None = None
     """Cores of this arm; None = the harness's --threads."""
+    bf16: bool = False
+    """Realistic workload only: bfloat16 (rlkit `model.dtype`, TRL `bf16=True`) instead of float32."""
 
     @classmethod
     def parse(cls, spec: str) -> "Arm":
-        """`trl`, `rlkit`, `rlkit:local`, `rlkit:ray:2`, and any of them with `@threads` (`trl@1`)."""
+        """`trl`, `rlkit`, `rlkit:local`, `rlkit:ray:2`, any of them with `/bf16` and/or `@threads` (`trl/bf16@1`)."""
         spec, _, threads = spec.partition("@")
         if threads and (not threads.isdigit() or int(threads) < 1):
             raise ValueError(f"arm {spec}@{threads}: threads after '@' must be a positive integer")
-        return dataclasses.replace(cls._parse(spec), threads=int(threads) if threads else None)
+        spec, _, variant = spec.partition("/")
+        if variant not in ("", "bf16"):
+            raise ValueError(f"arm {spec}/{variant}: the only variant after '/' is bf16")
+        return dataclasses.replace(cls._parse(spec), threads=int(threads) if threads else None, bf16=variant == "bf16")
 
     @classmethod
     def _parse(cls, spec: str) -> "Arm":
@@ -95,9 +106,10 @@ class Arm:
     def name(self) -> str:
         """The spec string (`trl`, `rlkit:ray:1`, `trl@1`)."""
         name = "trl" if self.side == "trl" else f"rlkit:{self.backend}:{self.ranks}"
+        name += "/bf16" if self.bf16 else ""
         return name if self.threads is None else f"{name}@{self.threads}"
 
-    def command(self, work: ReferenceWork, threads: int, workdir: str) -> list[str]:
+    def command(self, work: ReferenceWork | RealWork, threads: int, workdir: str) -> list[str]:
         """The subprocess command of one run (`threads`: the harness default, unless the arm names its own)."""
         threads = self.threads or threads
         cmd = [sys.executable, "-m", f"benchmarks.{self.side}_grpo", "--size", work.size,
@@ -107,6 +119,10 @@ class Arm:
             cmd.append("--fixed-length")
         if self.side == "rlkit":
             cmd += ["--backend", self.backend, "--ranks", str(self.ranks)]
+        if isinstance(work, RealWork):
+            cmd += dataclasses.replace(work, dtype="bfloat16" if self.bf16 else work.dtype).cli_args()
+        elif self.bf16:
+            raise ValueError(f"arm {self.name}: /bf16 is for the realistic workload (--size {REAL_SIZE}) only")
         return cmd
 
 
@@ -145,13 +161,33 @@ def run_summary(record: dict) -> dict[str, float | None]:
     """Per-run values: the median over the run's measured steps of each metric, plus the run-level peaks."""
     out: dict[str, float | None] = {}
     for m in METRICS:
-        values = [s[m] for s in record["steps"] if s.get(m) is not None]
+        values = [v for v in (_step_value(s, m) for s in record["steps"]) if v is not None]
         out[m] = statistics.median(values) if values else None
     for m in RUN_METRICS:
         out[m] = record.get(m)
     steps = record["steps"]
     out["prompt_tokens"] = statistics.mean(s["prompt_tokens"] for s in steps) if steps else None
     return out
+
+
+def _step_value(step: dict, metric: str) -> float | None:
+    """One metric of one step record: a field, one of its `extra` (padding_frac), or derived (s per gen token)."""
+    if metric == "s_per_gen_token":
+        return step["step_s"] / step["gen_tokens"] if step.get("gen_tokens") else None
+    value = step.get(metric)
+    return value if value is not None else step.get("extra", {}).get(metric)
+
+
+def prompt_check(raw: dict) -> str:
+    """Whether every run of every arm trained on the same prompts at each measured step (their digests)."""
+    runs = {name: [[s.get("extra", {}).get("prompts_digest") for s in r["steps"]] for r in recs if "error" not in r]
+            for name, recs in raw["results"].items()}
+    seqs = [seq for recs in runs.values() for seq in recs]
+    if not seqs or any(d is None for seq in seqs for d in seq):
+        return "prompts: not recorded by every run"
+    if all(seq == seqs[0] for seq in seqs):
+        return f"prompts: identical on every run ({len(seqs[0])} measured steps, digests {', '.join(seqs[0])})"
+    return "prompts: DIFFER between runs: " + "; ".join(f"{n}: {recs}" for n, recs in runs.items())
 
 
 def spread(values: list[float | None]) -> dict[str, float] | None:
@@ -162,11 +198,13 @@ def spread(values: list[float | None]) -> dict[str, float] | None:
     return {"median": statistics.median(vals), "min": min(vals), "max": max(vals), "n": len(vals)}
 
 
-def model_shape(work: ReferenceWork, workdir: str) -> ModelShape:
+def model_shape(work: ReferenceWork | RealWork, workdir: str) -> ModelShape:
     """The matmul shape of `work`'s model, read from the saved folder every side loads."""
     from transformers import AutoConfig
 
-    model_dir, _ = build_reference(work, workdir)
+    from benchmarks import realistic
+
+    model_dir = realistic.model_dir(work) if isinstance(work, RealWork) else build_reference(work, workdir)[0]
     return ModelShape.of(AutoConfig.from_pretrained(model_dir))
 
 
@@ -262,8 +300,15 @@ def _failed(raw: dict) -> bool:
 
 def cmd_compare(a) -> int:
     arms = [Arm.parse(s) for s in a.arms.split(",")]
-    work = ReferenceWork(size=a.size, prompts_per_step=a.prompts, steps=a.steps, warmup_steps=a.warmup,
-                                fixed_length=a.fixed_length)
+    if a.size == REAL_SIZE:
+        if a.fixed_length:
+            raise SystemExit(f"--size {REAL_SIZE} has natural lengths: --fixed-length does not apply")
+        work = RealWork(model=a.model, prompts_per_step=a.prompts, samples_per_prompt=a.samples,
+                        max_new_tokens=a.max_new_tokens, steps=a.steps, warmup_steps=a.warmup,
+                        token_budget=a.token_budget, micro_batch_size=a.micro_batch)
+    else:
+        work = ReferenceWork(size=a.size, prompts_per_step=a.prompts, steps=a.steps, warmup_steps=a.warmup,
+                             fixed_length=a.fixed_length)
     t0 = time.perf_counter()
     raw = interleave(arms, work, a.rounds, a.threads, a.workdir, run_env(a.omp_wait_policy), a.timeout, a.retries)
     per_core = max(raw["per_core_gflops"])  # one machine: the best peak of the invocation
@@ -275,6 +320,14 @@ def cmd_compare(a) -> int:
           f"OMP_WAIT_POLICY={a.omp_wait_policy or '(unset)'}; matmul peak {per_core:.1f} GFLOP/s per core (rounds: "
           f"{', '.join(f'{r:.1f}' for r in raw['per_core_gflops'])}); invocation {time.perf_counter() - t0:.0f} s")
     print(format_compare(arms, summary, baseline))
+    if isinstance(work, RealWork):
+        print("natural lengths: each side generates its own number of tokens; compare gen tokens/s and "
+              "step s / gen token besides the step time")
+        print(prompt_check(raw))
+        for arm in arms:
+            ok = [r for r in raw["results"][arm.name] if "error" not in r]
+            if ok:
+                print(f"settings {arm.name}: {json.dumps(ok[0].get('settings'))}")
     _write_json(a.json, {"args": vars(a), "raw": raw, "summary": summary})
     return 1 if _failed(raw) else 0
 
@@ -345,8 +398,17 @@ def main(argv: list[str] | None = None) -> int:
         s.add_argument("--workdir", default=str(DEFAULT_WORKDIR))
         s.add_argument("--json", default=None, help="also write every record and summary to this file")
         if name == "compare":
-            s.add_argument("--size", default="1m", choices=sorted(EXPECTED_SHAPES))
+            s.add_argument("--size", default="1m", choices=[*sorted(EXPECTED_SHAPES), REAL_SIZE],
+                           help=f"reference work, or {REAL_SIZE}: the realistic workload (benchmarks.realistic)")
             s.add_argument("--prompts", type=int, default=8)
+            d = RealWork()
+            s.add_argument("--samples", type=int, default=d.samples_per_prompt, help=f"{REAL_SIZE}: samples per prompt")
+            s.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help=f"{REAL_SIZE}: longest completion")
+            s.add_argument("--token-budget", type=int, default=d.token_budget,
+                           help=f"{REAL_SIZE}: rlkit's actor.max_tokens_per_micro_batch (0 = rows)")
+            s.add_argument("--micro-batch", type=int, default=d.micro_batch_size,
+                           help=f"{REAL_SIZE}: rows per micro-batch (TRL per_device_train_batch_size; 0 = whole batch)")
+            s.add_argument("--model", default="", help=f"{REAL_SIZE}: model folder (default: SmolLM2-135M-Instruct)")
             s.add_argument("--baseline", default=None, help="arm the ratios divide by (default: trl, else the first)")
         else:
             s.add_argument("--sizes", default="1m,9m")

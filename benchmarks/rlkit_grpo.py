@@ -1,6 +1,10 @@
 """One rlkit run of the reference work; prints one `BENCH_JSON` line of per-step measurements.
 
     .venv/bin/python -m benchmarks.rlkit_grpo --size 1m --steps 10 --warmup 1 --threads 2 --ranks 1 --backend ray
+    .venv/bin/python -m benchmarks.rlkit_grpo --size smollm2 --steps 2 --backend local   # the realistic workload
+
+`--size smollm2` runs the realistic workload of `benchmarks.realistic` instead (`run_real`: its config is
+`realistic.rlkit_config`, padding from the actor's own micro-batch plan); what follows is the reference work.
 
 The same saved folder and prompt file as the TRL side (`benchmarks.reference_work`), the
 same step: 8 prompts x 8 samples, 16 new tokens, temperature 1, GRPO (k3 KL in the loss,
@@ -15,11 +19,12 @@ Ray would otherwise give every actor OMP_NUM_THREADS=1, i.e. half the machine.
 How the stages are timed:
 - step, generate, learn: `time/step`, `time/generate`, `time/learn` of the stats dict that
   `Session.step()` returns (STAT_KEYS);
-- ref / old log-probs: the driver's wall time around `Session.compute_ref_logprobs` and
-  `Session.compute_old_logprobs` (wrapped on the instance; dispatch and gather included),
-  the two calls GRPO's prepare stage makes. With one update per step the config sets
-  `actor.skip_old_logprobs`, so, like TRL, rlkit reuses the policy forward's log-probs and
-  the "old" lap is only the call that decides to skip;
+- ref / old log-probs: the driver's wall time around `Session.compute` when it computes
+  "ref_logprobs" (GRPO's prepare asks for scores and reference log-probs in one call; the rule
+  scoring on the driver overlaps the worker call), and around `Session.compute_ref_logprobs` /
+  `compute_old_logprobs` where those are called (all wrapped on the instance; dispatch and gather
+  included). With one update per step the config sets `actor.skip_old_logprobs`, so, like TRL,
+  rlkit reuses the policy forward's log-probs: no "old" forward runs;
 - weight sync: `time/sync` when the Session reports it, else 0 (the hf engine generates
   from the actor's own parameters, unsharded in place: its cost is inside generate);
 - tokens: real prompt and generated tokens of `Session.last_batch` (masks summed).
@@ -54,6 +59,7 @@ from benchmarks.reference_work import (
     read_prompts,
     starts_with_sum,
 )
+from benchmarks.realistic import REAL_SIZE, add_cli_args, work_from_args
 
 # StepRecord field -> stats key of Session.step().
 STAT_KEYS: dict[str, str] = {
@@ -128,6 +134,18 @@ def _time_prepare_calls(session, watch: Stopwatch) -> None:
 
         setattr(session, method, timed)
 
+    # GRPO's prepare now asks `Session.compute(batch, "scores", "ref_logprobs", ...)` for everything at once
+    # (the worker calls in flight while the driver scores): its wall time is the "ref" lap when it computes
+    # the reference log-probs (the rule scoring overlaps it), else "old" when it computes those
+    inner_compute = session.compute
+
+    def timed_compute(batch, *fields, **kwargs):
+        lap = "ref" if "ref_logprobs" in fields else "old" if "old_logprobs" in fields else "compute"
+        with watch(lap):
+            return inner_compute(batch, *fields, **kwargs)
+
+    session.compute = timed_compute
+
 
 def _session_kwargs(session_cls) -> dict:
     """Hand the reference reward to the Session when it takes one (else its built-in rule reward is used)."""
@@ -189,9 +207,72 @@ def run(work: ReferenceWork, *, threads: int, ranks: int, backend: str, workdir:
     )
 
 
+def run_real(work, *, threads: int, ranks: int, backend: str, workdir: str) -> dict:
+    """Run the Session on the realistic workload (`benchmarks.realistic.RealWork`) and return (and print) the
+    record; raises if a step's prompts are not the ones `realistic.step_prompts` gave the TRL side."""
+    import torch
+
+    torch.set_num_threads(threads if backend == "local" else 1)
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    import rlkit
+    from benchmarks import realistic
+
+    model_dir = realistic.model_dir(work)
+    run_dir = tempfile.mkdtemp(prefix="rlkit-bench-run-", dir=workdir)
+    cfg = realistic.rlkit_config(work, model_dir, ranks=ranks, backend=backend, threads=threads, run_dir=run_dir)
+    expected = [realistic.prompts_digest([r["text"] for r in step]) for step in
+                realistic.step_prompts(cfg, work.total_steps)]
+    with torch.device("meta"):  # the parameter count without a second resident copy of the model
+        num_params = sum(p.numel() for p in AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir))
+                         .parameters())
+    a = cfg.actor
+    records: list[StepRecord] = []
+    watch = Stopwatch()
+    with PeakRSS() as rss:
+        t0 = time.perf_counter()
+        session = rlkit.Session(cfg, reward_fn=realistic.reward)
+        startup_s = time.perf_counter() - t0
+        _time_prepare_calls(session, watch)
+        try:
+            for i in range(work.total_steps):
+                watch.take()
+                stats = session.step()
+                laps = watch.take()
+                batch = session.last_batch
+                digest = realistic.prompts_digest(list(batch.prompt_text))
+                if digest != expected[i]:
+                    raise RuntimeError(f"step {i}: rlkit trained on other prompts than the TRL side is given "
+                                       f"(digest {digest} != {expected[i]}): PromptStream's order changed?")
+                if i < work.warmup_steps:
+                    continue
+                rec = step_record(i - work.warmup_steps, stats, laps, int(batch.prompt_mask.sum()),
+                                  int(batch.response_mask.sum()))
+                if ranks == 1:  # the plan of one rank; with several, rows are dealt to ranks first
+                    rec.extra.update(realistic.padding_stats(realistic.rlkit_micro_batch_shapes(
+                        batch, a.micro_batch_size, a.max_tokens_per_micro_batch, a.pack_sequences)))
+                rec.extra["prompts_digest"] = digest
+                records.append(rec)
+        finally:
+            session.close()
+        total_s = time.perf_counter() - t0
+    settings = {"dtype": cfg.model.dtype, "max_tokens_per_micro_batch": a.max_tokens_per_micro_batch,
+                "micro_batch_size": a.micro_batch_size, "pack_sequences": a.pack_sequences,
+                "gradient_checkpointing": a.gradient_checkpointing, "logits_chunk_size": a.logits_chunk_size,
+                "kl_coef": cfg.algo.kl_coef, "engine": cfg.rollout.engine, "gather_weights": cfg.rollout.gather_weights}
+    return emit(
+        "rlkit", work, records,
+        num_params=num_params, threads=threads, ranks=ranks, backend=backend, total_s=total_s, startup_s=startup_s,
+        settings=settings, peak_rss_self_mb=PeakRSS.self_peak_bytes() / 2**20,
+        peak_rss_tree_mb=rss.tree_peak_bytes / 2**20,
+        versions={"rlkit": rlkit.__version__, "torch": torch.__version__},
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--size", default="1m", choices=["1m", "9m"])
+    p.add_argument("--size", default="1m", choices=["1m", "9m", REAL_SIZE],
+                   help=f"reference work (1m, 9m) or the realistic workload ({REAL_SIZE}: benchmarks.realistic)")
     p.add_argument("--prompts-per-step", type=int, default=8)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=1)
@@ -202,10 +283,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--backend", default="ray", choices=["ray", "local"])
     p.add_argument("--workdir", default=str(DEFAULT_WORKDIR), help="where the model folder and prompt file are kept")
     p.add_argument("--init", default=None, help="start from this saved model folder (same shape and tokenizer, e.g. an SFT policy) instead of the reference init")
+    add_cli_args(p)
     a = p.parse_args(argv)
     if a.backend == "local" and a.ranks != 1:
         p.error("--backend local runs one rank: use --ranks 1")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a throwaway local cluster (see /work/shared/NOTES.md)
+    if a.size == REAL_SIZE:
+        run_real(work_from_args(a), threads=a.threads, ranks=a.ranks, backend=a.backend, workdir=a.workdir)
+        return
     work = ReferenceWork(size=a.size, prompts_per_step=a.prompts_per_step, steps=a.steps, warmup_steps=a.warmup,
                          fixed_length=a.fixed_length)
     run(work, threads=a.threads, ranks=a.ranks, backend=a.backend, workdir=a.workdir, init=a.init)

@@ -1,6 +1,10 @@
 """One TRL `GRPOTrainer` run of the reference work; prints one `BENCH_JSON` line of per-step measurements.
 
     .venv/bin/python -m benchmarks.trl_grpo --size 1m --steps 10 --warmup 1 --threads 2
+    .venv/bin/python -m benchmarks.trl_grpo --size smollm2 --steps 2   # the realistic workload (`run_real`)
+
+`--size smollm2` runs the realistic workload of `benchmarks.realistic` instead (its GRPOConfig is
+`realistic.trl_config_kwargs`; `--dtype bfloat16` sets `bf16=True`); what follows is the reference work.
 
 TRL is the peer, configured as the issue says: CPU (`use_cpu=True`), fp32 (`bf16=False`;
 TRL's default is bf16), `gradient_checkpointing=False` (TRL's default is on), beta 0.04,
@@ -42,32 +46,16 @@ from benchmarks.reference_work import (
     read_prompts,
     starts_with_sum,
 )
+from benchmarks.realistic import REAL_SIZE, add_cli_args, work_from_args
 
 
-def run(work: ReferenceWork, threads: int, workdir: str, init: str | None = None) -> dict:
-    """Train TRL on `work` and return (and print) the measurement record."""
-    import torch
-
-    torch.set_num_threads(threads)  # deliberate: TRL would otherwise take every core the host shows
-    import datasets
-    import transformers
-    import trl
-    from transformers import AutoModelForCausalLM, TrainerCallback
-    from trl import GRPOConfig, GRPOTrainer
-
-    model_dir, prompts_path = build_reference(work, workdir)
-    model_dir = init or model_dir
-    rows = read_prompts(prompts_path)
-    tokenizer = check_same_token_ids(model_dir, rows)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    num_params = check_model_shape(model, work.size)
-
-    watch = Stopwatch()
-    counts = {"prompt_tokens": 0, "gen_tokens": 0}
+def _timed_trainer_class(watch: Stopwatch, counts: dict):
+    """GRPOTrainer with stopwatches around the stages and the shapes of the update's micro-batches (behaviour
+    unchanged): `counts` gets prompt/generated tokens and `micro_batches` [(rows, width, real tokens)]."""
+    from benchmarks.realistic import trl_micro_batch_shape
+    from trl import GRPOTrainer
 
     class TimedGRPOTrainer(GRPOTrainer):
-        """GRPOTrainer with stopwatches around the stages (behaviour unchanged)."""
-
         def _generate_single_turn(self, prompt_ids, *args, **kwargs):
             with watch("generate"):
                 completion_ids, logprobs = super()._generate_single_turn(prompt_ids, *args, **kwargs)
@@ -85,13 +73,29 @@ def run(work: ReferenceWork, threads: int, workdir: str, init: str | None = None
             with watch("prepare"):
                 return super()._prepare_inputs(generation_batch)
 
+        def _compute_loss(self, model, inputs):
+            counts["micro_batches"].append(trl_micro_batch_shape(inputs))
+            return super()._compute_loss(model, inputs)
+
+    return TimedGRPOTrainer
+
+
+def _train(work, model, tokenizer, dataset, reward_fn, args, rewards: list[float], digests: list[str]) -> tuple:
+    """Train TRL with the timing callbacks -> (StepRecords of the measured steps, total seconds, PeakRSS).
+
+    `reward_fn` appends each step's mean reward to `rewards` (and its prompts' digest to `digests`)."""
+    from transformers import TrainerCallback
+
+    from benchmarks.realistic import padding_stats
+
+    watch = Stopwatch()
+    counts: dict = {"prompt_tokens": 0, "gen_tokens": 0, "micro_batches": []}
     records: list[StepRecord] = []
-    rewards: list[float] = []
 
     class StepTimer(TrainerCallback):
         def on_step_begin(self, args, state, control, **kwargs):
             watch.take()
-            counts.update(prompt_tokens=0, gen_tokens=0)
+            counts.update(prompt_tokens=0, gen_tokens=0, micro_batches=[])
             self.t0 = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kwargs):
@@ -107,8 +111,47 @@ def run(work: ReferenceWork, threads: int, workdir: str, init: str | None = None
                 prompt_tokens=counts["prompt_tokens"], gen_tokens=counts["gen_tokens"],
                 gen_tokens_per_s=counts["gen_tokens"] / gen_s if gen_s else None,
                 reward_mean=rewards[-1] if rewards else None,
-                extra={"prepare_s": laps.get("prepare")},
+                extra={"prepare_s": laps.get("prepare"), **padding_stats(counts["micro_batches"]),
+                       **({"prompts_digest": digests[-1]} if digests else {})},
             ))
+
+    trainer = _timed_trainer_class(watch, counts)(
+        model=model, reward_funcs=[reward_fn], args=args, train_dataset=dataset, processing_class=tokenizer,
+        callbacks=[StepTimer()],
+    )
+    with PeakRSS() as rss:
+        t0 = time.perf_counter()
+        trainer.train()
+        total_s = time.perf_counter() - t0
+    if len(records) != work.steps:
+        raise RuntimeError(f"TRL ran {len(records)} measured steps, expected {work.steps}")
+    return records, total_s, rss
+
+
+def _versions() -> dict:
+    import torch
+    import transformers
+    import trl
+
+    return {"trl": trl.__version__, "transformers": transformers.__version__, "torch": torch.__version__}
+
+
+def run(work: ReferenceWork, threads: int, workdir: str, init: str | None = None) -> dict:
+    """Train TRL on `work` and return (and print) the measurement record."""
+    import torch
+
+    torch.set_num_threads(threads)  # deliberate: TRL would otherwise take every core the host shows
+    import datasets
+    from transformers import AutoModelForCausalLM
+    from trl import GRPOConfig
+
+    model_dir, prompts_path = build_reference(work, workdir)
+    model_dir = init or model_dir
+    rows = read_prompts(prompts_path)
+    tokenizer = check_same_token_ids(model_dir, rows)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    num_params = check_model_shape(model, work.size)
+    rewards: list[float] = []
 
     def reward(prompts, completions, ground_truth, **kwargs) -> list[float]:
         values = [starts_with_sum(c, g) for c, g in zip(completions, ground_truth)]
@@ -142,28 +185,65 @@ def run(work: ReferenceWork, threads: int, workdir: str, init: str | None = None
         disable_tqdm=True,
         dataloader_num_workers=0,
     )
-    dataset = datasets.Dataset.from_list(rows)
-    trainer = TimedGRPOTrainer(
-        model=model, reward_funcs=[reward], args=args, train_dataset=dataset, processing_class=tokenizer,
-        callbacks=[StepTimer()],
-    )
-    with PeakRSS() as rss:
-        t0 = time.perf_counter()
-        trainer.train()
-        total_s = time.perf_counter() - t0
-    if len(records) != work.steps:
-        raise RuntimeError(f"TRL ran {len(records)} measured steps, expected {work.steps}")
+    records, total_s, rss = _train(work, model, tokenizer, datasets.Dataset.from_list(rows), reward, args,
+                                   rewards, [])
     return emit(
         "trl", work, records,
         num_params=num_params, threads=threads, total_s=total_s,
         peak_rss_self_mb=PeakRSS.self_peak_bytes() / 2**20, peak_rss_tree_mb=rss.tree_peak_bytes / 2**20,
-        versions={"trl": trl.__version__, "transformers": transformers.__version__, "torch": torch.__version__},
+        versions=_versions(),
+    )
+
+
+def run_real(work, threads: int, workdir: str) -> dict:
+    """Train TRL on the realistic workload (`benchmarks.realistic.RealWork`): the prompts rlkit's stream
+    gives, in its order, as rendered texts; rlkit's extraction reward."""
+    import torch
+
+    torch.set_num_threads(threads)
+    import datasets
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import GRPOConfig
+
+    from benchmarks import realistic
+
+    model_dir = realistic.model_dir(work)
+    cfg = realistic.rlkit_config(work, model_dir, ranks=1, backend="local", threads=threads, run_dir=workdir)
+    steps = realistic.step_prompts(cfg, work.total_steps)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    realistic.check_prompt_ids(tokenizer, steps)
+    rows = [{"prompt": r["text"], "ground_truth": r["ground_truth"]} for step in steps for r in step]
+    # fp32 weights either way: TRL's bf16 flag is autocast (the Trainer's mixed precision), as a user gets it
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    num_params = sum(p.numel() for p in model.parameters())
+    eos = tokenizer.eos_token_id
+    rewards: list[float] = []
+    digests: list[str] = []
+
+    def reward(prompts, completions, ground_truth, completion_ids=None, **kwargs) -> list[float]:
+        ends = [bool(ids) and ids[-1] == eos for ids in completion_ids] if completion_ids else [True] * len(prompts)
+        values = [realistic.reward(c, g, e) for c, g, e in zip(completions, ground_truth, ends)]
+        rewards.append(sum(values) / len(values))
+        digests.append(realistic.prompts_digest(list(prompts)))
+        return values
+
+    kwargs = realistic.trl_config_kwargs(work, workdir)
+    records, total_s, rss = _train(work, model, tokenizer, datasets.Dataset.from_list(rows), reward,
+                                   GRPOConfig(**kwargs), rewards, digests)
+    settings = {k: kwargs[k] for k in ("bf16", "gradient_checkpointing", "per_device_train_batch_size",
+                                       "gradient_accumulation_steps", "loss_type", "beta")}
+    return emit(
+        "trl", work, records,
+        num_params=num_params, threads=threads, total_s=total_s, settings=settings,
+        peak_rss_self_mb=PeakRSS.self_peak_bytes() / 2**20, peak_rss_tree_mb=rss.tree_peak_bytes / 2**20,
+        versions=_versions(),
     )
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--size", default="1m", choices=["1m", "9m"])
+    p.add_argument("--size", default="1m", choices=["1m", "9m", REAL_SIZE],
+                   help=f"reference work (1m, 9m) or the realistic workload ({REAL_SIZE}: benchmarks.realistic)")
     p.add_argument("--prompts-per-step", type=int, default=8)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=1)
@@ -172,7 +252,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=2, help="torch threads of the TRL process (2 = all cores here)")
     p.add_argument("--workdir", default=str(DEFAULT_WORKDIR), help="where the model folder and prompt file are kept")
     p.add_argument("--init", default=None, help="start from this saved model folder (same shape and tokenizer, e.g. an SFT policy) instead of the reference init")
+    add_cli_args(p)
     a = p.parse_args(argv)
+    if a.size == REAL_SIZE:
+        run_real(work_from_args(a), a.threads, a.workdir)
+        return
     work = ReferenceWork(size=a.size, prompts_per_step=a.prompts_per_step, steps=a.steps, warmup_steps=a.warmup,
                          fixed_length=a.fixed_length)
     run(work, a.threads, a.workdir, init=a.init)

@@ -72,3 +72,64 @@ def test_packing_lora_workload_has_varied_lengths_in_range():
     batch = varied_batch(prompts, lengths, vocab=100, samples=4)
     assert batch.response_mask.sum(-1).tolist() == lengths
     assert (batch.response_ids[batch.response_mask == 0] == 0).all()
+
+
+def test_realistic_padding_fraction_counts_computed_positions():
+    from benchmarks.realistic import padding_stats
+
+    # 2 rows x 10 columns holding 15 real tokens, then 1 row of 5 real tokens: 25 positions, 5 of them padding
+    assert padding_stats([(2, 10, 15), (1, 5, 5)]) == {"padding_frac": 0.2, "computed_tokens": 25,
+                                                       "real_tokens": 20, "micro_batches": 2}
+    assert padding_stats([])["padding_frac"] == 0.0
+
+
+def test_realistic_rlkit_micro_batches_are_planned_and_trimmed_as_the_actor_does():
+    import torch
+
+    from benchmarks.realistic import rlkit_micro_batch_shapes
+    from rlkit.batch import Batch
+
+    # 3 rows: prompts of 1, 3, 2 real tokens (left-padded to 4), responses of 2, 1, 4 real tokens (right-padded to 5)
+    prompt_mask = torch.tensor([[0, 0, 0, 1], [0, 1, 1, 1], [0, 0, 1, 1]])
+    response_mask = torch.tensor([[1, 1, 0, 0, 0], [1, 0, 0, 0, 0], [1, 1, 1, 1, 0]])
+    batch = Batch(prompt_ids=torch.ones(3, 4, dtype=torch.long), prompt_mask=prompt_mask,
+                  response_ids=torch.ones(3, 5, dtype=torch.long), response_mask=response_mask, batch_size=[3])
+    # rows of 2: rows 0-1 trimmed to prompt columns 1-3 + response columns 0-1 (width 5, 3 + 4 real tokens),
+    # row 2 to 2 + 4 columns
+    assert rlkit_micro_batch_shapes(batch, rows=2, budget=0, packed=False) == [(2, 5, 7), (1, 6, 6)]
+    # a budget of 12 tokens: longest first (row 2: 6 tokens, then rows 1 and 0: 4 and 3), 2 x 6 = 12 fits,
+    # a third row would cost 3 x 6; the last row alone. Trimmed widths: rows 2 and 1 -> 3 + 4, row 0 -> 1 + 2
+    assert rlkit_micro_batch_shapes(batch, rows=2, budget=12, packed=False) == [(2, 7, 10), (1, 3, 3)]
+    # packed: every real token once
+    assert rlkit_micro_batch_shapes(batch, rows=2, budget=100, packed=True) == [(1, 13, 13)]
+
+
+def test_realistic_workload_runs_both_sides_through_the_harness(tmp_path, capsys):
+    """The realistic path end to end at a tiny size: a tiny chat-template model standing in for SmolLM2,
+    1 step of 2 prompts x 2 samples of at most 6 tokens; TRL's arm only where TRL is installed (CI has none)."""
+    import importlib.util
+    import json
+
+    from benchmarks import harness
+    from rlkit.data import save_tiny_model
+
+    model = tmp_path / "tiny"
+    save_tiny_model("qwen2-tiny", model, seed=0)
+    arms = ["rlkit:local:1"] + (["trl"] if importlib.util.find_spec("trl") else [])
+    out = tmp_path / "out.json"
+    code = harness.main(["compare", "--size", "smollm2", "--model", str(model), "--arms", ",".join(arms),
+                         "--rounds", "1", "--steps", "1", "--warmup", "0", "--prompts", "2", "--samples", "2",
+                         "--micro-batch", "2", "--max-new-tokens", "6", "--workdir", str(tmp_path), "--json", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "prompts: identical on every run" in printed
+    raw = json.loads(out.read_text())["raw"]["results"]
+    for arm in arms:
+        (record,) = raw[arm]
+        (step,) = record["steps"]
+        assert 4 <= step["gen_tokens"] <= 4 * 6  # 4 samples, each 1..6 tokens
+        extra = step["extra"]
+        # the trainer's micro-batches hold every prompt and generated token once: two counts that must agree
+        assert extra["real_tokens"] == step["prompt_tokens"] + step["gen_tokens"]
+        assert extra["computed_tokens"] >= extra["real_tokens"] and 0 <= extra["padding_frac"] < 1
+        assert record["peak_rss_tree_mb"] >= record["peak_rss_self_mb"] * 0.5 > 0
