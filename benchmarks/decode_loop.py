@@ -17,7 +17,8 @@ step makes one token for every row still going), and the ratio to `generate`. Tw
 
 Variants: `generate` (transformers' own loop, `DynamicCache`, `do_sample=True`, no top-k / top-p;
 it computes no log-probs), `generate-static` (the same with `cache_implementation="static"`),
-`previous` (rlkit's loop before issue 16: a `torch.cat` of the mask and two host syncs per token),
+`previous` (rlkit's loop before issue 16: a `torch.cat` of the mask, two host syncs per token and
+`torch.multinomial`),
 `dynamic` / `static` (`rlkit.rollout.decode.sample_responses` with each KV cache) and
 `static-compile` (static with `compile_decode=True`; the first call's compile time is reported
 separately). `matmul` is the floor of one decode step: every linear layer of the model (and the LM
@@ -47,10 +48,21 @@ DEFAULT_VARIANTS = "generate,generate-static,previous,dynamic,static"
 
 @torch.no_grad()
 def previous_loop(model, prompt_ids, prompt_mask, params, *, eos_ids: Sequence[int], pad_id: int,
-                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                  generator: torch.Generator | None = None, multinomial: bool = True
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """rlkit's sampling loop as it was before issue 16 (no stop strings), for the "before" column:
     a `DynamicCache`, the attention mask grown with `torch.cat` per token, `bool(any)` and `bool(all)`
-    host syncs per token. Returns (ids (b, T_max), logprobs (b, T_max)), unmasked."""
+    host syncs per token, and (multinomial=True) tokens drawn by `torch.multinomial` instead of
+    `rlkit.rollout.sampling.draw_tokens`. Returns (ids (b, T_max), logprobs (b, T_max)), unmasked."""
+    from unittest import mock
+
+    from rlkit.rollout import sampling
+
+    if multinomial:
+        with mock.patch.object(sampling, "draw_tokens",
+                               lambda probs, gen: torch.multinomial(probs, 1, generator=gen).squeeze(-1)):
+            return previous_loop(model, prompt_ids, prompt_mask, params, eos_ids=eos_ids, pad_id=pad_id,
+                                 generator=generator, multinomial=False)
     from rlkit.rollout.decode import cache_argument, trim_left_padding
     from rlkit.rollout.sampling import next_tokens
 

@@ -186,7 +186,8 @@ def test_compiled_static_decode_samples_the_same_tokens(model_and_tokenizer, pro
 
 
 def test_the_benchmarks_previous_loop_is_the_loop_it_replaced(model_and_tokenizer, prompts):
-    """The "before" column times the same computation: same draws and log-probs as the dynamic loop."""
+    """The "before" column times the same computation: with the same sampler (multinomial=False), the same
+    draws and log-probs as the dynamic loop."""
     from benchmarks.decode_loop import previous_loop
     from rlkit.rollout.sampling import mask_through_first_stop
 
@@ -194,7 +195,7 @@ def test_the_benchmarks_previous_loop_is_the_loop_it_replaced(model_and_tokenize
     ids, mask = prompts
     params = SamplingParams(temperature=1.0, max_new_tokens=10, min_new_tokens=2)
     before_ids, before_lp = previous_loop(model, ids, mask, params, eos_ids=STOPS, pad_id=tok.pad_token_id,
-                                          generator=torch.Generator().manual_seed(4))
+                                          generator=torch.Generator().manual_seed(4), multinomial=False)
     now = sample(model, tok, ids, mask, params, STOPS, 4)
     valid = mask_through_first_stop(before_ids, STOPS)
     assert not valid.all()
