@@ -210,7 +210,8 @@ def spec_problems(spec: AlgorithmSpec, cfg: "Config", name: str) -> list[str]:
 
 
 def config_problems(cfg: "Config") -> list[str]:
-    """`Config.validate()`'s algorithm checks: the name is known, and the config meets its spec."""
+    """`Config.validate()`'s algorithm checks: the name is known, the config meets its spec, and its actor loss
+    applies the rollout correction the config asks for (`algo.rollout_is` / `algo.rollout_mask`)."""
     name = cfg.algo.name
     try:
         algo = get_algorithm(name, cfg)
@@ -218,4 +219,6 @@ def config_problems(cfg: "Config") -> list[str]:
         if name not in available_algorithms():
             return [unknown_algorithm_message(name)]
         return [f"algo.name = {name!r}: the algorithm rejects this config: {err}"]
-    return spec_problems(spec_of(algo), cfg, name)
+    from rlkit.algos.rollout_correction import correction_problems  # torch: not at `import rlkit.config` time
+
+    return spec_problems(spec_of(algo), cfg, name) + correction_problems(algo, cfg, name)

@@ -5,6 +5,8 @@ update call) implementing the worker contract
 `loss_fn(outputs, mb, global_tokens, global_seqs) -> (loss, metrics)`: the loss is
 this micro-batch's share of the global mini-batch loss (see
 `rlkit.algos.core.aggregate`), so results do not depend on ranks or micro-batches.
+With `correction` (`algo.rollout_is` / `algo.rollout_mask`) the surrogate's per-token terms are weighted
+by pi_old / pi_rollout (truncated, or 0 outside a band): see `rlkit.algos.rollout_correction`.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Literal
 import torch
 
 from rlkit.algos import core
+from rlkit.algos.rollout_correction import RolloutCorrection
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,8 @@ class PolicyLoss:
     """KL estimator of the loss term: k1, k2, k3, abs."""
     entropy_coef: float = 0.0
     """Weight of the entropy bonus."""
+    correction: RolloutCorrection | None = None
+    """Rollout correction of the surrogate from `mb.rollout_logprobs` (None: off, the plain surrogate)."""
 
     def __call__(self, outputs: dict, mb, global_tokens: float, global_seqs: float):
         logprobs, entropy = outputs["logprobs"], outputs["entropy"]  # (b, T) each
@@ -44,6 +49,10 @@ class PolicyLoss:
         # No old_logprobs: one on-policy optimizer step (actor.skip_old_logprobs), old = current, detached.
         old = mb.old_logprobs.to(logprobs.device) if mb.old_logprobs is not None else logprobs.detach()
         adv = mb.advantages.to(logprobs.device)
+        if self.correction is not None:
+            # (b, T) detached weights >= 0; scaling A scales each token's clipped surrogate by the same factor
+            weights = self.correction.loss_weights(old, self._rollout_logprobs(mb, logprobs.device), mask)
+            adv = adv * weights
         counts = dict(norm_length=self.norm_length, global_tokens=global_tokens, global_seqs=global_seqs)
         surrogate = core.gspo_policy_loss if self.surrogate == "gspo" else core.ppo_policy_loss
         extra = {} if self.surrogate == "gspo" else {"dual_clip": self.dual_clip}
@@ -56,6 +65,8 @@ class PolicyLoss:
         global_count = global_tokens if unit == "tokens" else global_seqs
         local_count = max(core.normaliser_count(mask, self.agg), 1.0)
         metrics = {"pg_loss": loss.detach() * (global_count / local_count), "clipfrac": stats["clipfrac"]}
+        if self.correction is not None:
+            metrics.update({f"rollout_{k}": v for k, v in self.correction.weight_stats(weights, mask).items()})
         if mb.ref_logprobs is not None:
             # Reported even when it is not a loss term: it is the quantity everyone watches.
             kl_term, _ = core.kl_loss(logprobs, mb.ref_logprobs.to(logprobs.device), mask, self.kl_kind, agg=self.agg, **counts)
@@ -67,6 +78,13 @@ class PolicyLoss:
             ent_term, _ = core.entropy_loss(entropy, mask, agg=self.agg, **counts)
             loss = loss + self.entropy_coef * ent_term
         return loss, metrics
+
+    @staticmethod
+    def _rollout_logprobs(mb, device):
+        if mb.rollout_logprobs is None:
+            raise ValueError("PolicyLoss: algo.rollout_is / algo.rollout_mask need Batch.rollout_logprobs (the rollout "
+                             "engine's log-probs), and this micro-batch has none")
+        return mb.rollout_logprobs.to(device)
 
     @classmethod
     def from_config(cls, cfg, **overrides) -> "PolicyLoss":
@@ -81,6 +99,7 @@ class PolicyLoss:
             kl_coef=0.0 if algo.kl_in_reward else algo.kl_coef,
             kl_kind=algo.kl_kind,
             entropy_coef=cfg.actor.entropy_coef,
+            correction=RolloutCorrection.from_config(algo),
         )
         fields.update(overrides)
         return cls(**fields)

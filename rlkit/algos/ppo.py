@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from rlkit.algos import core
+from rlkit.algos import core, rollout_correction
 from rlkit.algos.base import AlgorithmSpec, kl_spec
 from rlkit.algos.losses import PolicyLoss
 
@@ -28,7 +28,8 @@ class PPO:
         algo = self.cfg.algo
         # The KL always goes to the token rewards here (algo.kl_in_reward changes nothing).
         self.spec = AlgorithmSpec(needs_critic=True, **kl_spec(self.cfg, default_in="reward"),
-                                  learn_fields=("advantages", "old_logprobs", "values", "returns"))
+                                  learn_fields=("advantages", "old_logprobs", "values", "returns",
+                                                *rollout_correction.learn_fields(self.cfg)))
         self.actor_loss = PolicyLoss.from_config(self.cfg, kl_coef=0.0)  # KL lives in the reward
         if algo.kl_target is None:
             self.kl_ctl = core.FixedKLController(algo.kl_coef)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from rlkit.algos import core
+from rlkit.algos import core, rollout_correction
 from rlkit.algos.base import AlgorithmSpec, kl_spec
 from rlkit.algos.losses import PolicyLoss
 
@@ -24,7 +24,8 @@ class ReinforcePP:
 
     def __post_init__(self):
         # The KL always goes to the token rewards here (algo.kl_in_reward changes nothing).
-        self.spec = AlgorithmSpec(**kl_spec(self.cfg, default_in="reward"))
+        learn = ("advantages", "old_logprobs", *rollout_correction.learn_fields(self.cfg))
+        self.spec = AlgorithmSpec(**kl_spec(self.cfg, default_in="reward"), learn_fields=learn)
         self.actor_loss = PolicyLoss.from_config(self.cfg, kl_coef=0.0)  # KL lives in the reward
 
     def prepare(self, s, batch):

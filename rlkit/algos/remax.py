@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from rlkit.algos import core
+from rlkit.algos import core, rollout_correction
 from rlkit.algos.base import AlgorithmSpec, kl_spec
 from rlkit.algos.losses import PolicyLoss
 from rlkit.algos.shaping import advantage_scores, policy_learn_fields
@@ -26,8 +26,8 @@ class ReMax:
 
     def __post_init__(self):
         kl = kl_spec(self.cfg)
-        self.spec = AlgorithmSpec(greedy_baseline=True, **kl,
-                                  learn_fields=policy_learn_fields(kl["kl_in"]))
+        learn = policy_learn_fields(kl["kl_in"], *rollout_correction.learn_fields(self.cfg))
+        self.spec = AlgorithmSpec(greedy_baseline=True, **kl, learn_fields=learn)
         self.actor_loss = PolicyLoss.from_config(self.cfg)
 
     def generate(self, s, prompts):

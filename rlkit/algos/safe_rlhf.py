@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from rlkit.algos import core
+from rlkit.algos import core, rollout_correction
 from rlkit.algos.base import AlgorithmSpec, kl_spec
 from rlkit.algos.losses import PolicyLoss
 from rlkit.algos.shaping import advantage_scores, policy_learn_fields
@@ -31,8 +31,8 @@ class SafeRLHF:
 
     def __post_init__(self):
         kl = kl_spec(self.cfg)
-        self.spec = AlgorithmSpec(group_relative=True, needs_costs=True, **kl,
-                                  learn_fields=policy_learn_fields(kl["kl_in"]))
+        learn = policy_learn_fields(kl["kl_in"], *rollout_correction.learn_fields(self.cfg))
+        self.spec = AlgorithmSpec(group_relative=True, needs_costs=True, **kl, learn_fields=learn)
         self.actor_loss = PolicyLoss.from_config(self.cfg)
         self.lagrange = self.cfg.algo.lagrange_init
 

@@ -294,6 +294,17 @@ class AlgoConfig:
     """DAPO soft overlong punishment: penalty reached at max_new_tokens."""
     dynamic_sampling: bool = False
     """DAPO: drop prompt groups whose samples all got the same score and draw more prompts."""
+    rollout_is: str | None = None
+    """Weight the policy loss by min(pi_old / pi_rollout, rollout_is_cap) per "token" or "sequence"; None = off."""
+    rollout_is_cap: float = 2.0
+    """Truncation of the rollout importance weights (see rlkit.algos.rollout_correction)."""
+    rollout_mask: str | None = None
+    """Zero the policy loss where pi_old / pi_rollout leaves [rollout_mask_low, rollout_mask_high]: per "token",
+    "sequence" or "geometric" (per-sequence geometric mean); None = off."""
+    rollout_mask_low: float = 0.5
+    """Lower edge of the rollout_mask band (<= 1)."""
+    rollout_mask_high: float = 2.0
+    """Upper edge of the rollout_mask band (>= 1)."""
 
 
 @dataclass(kw_only=True)
@@ -507,6 +518,7 @@ class Config:
         # lazy: the owners of these values import torch (rlkit.algos.core) or the algorithm modules (base)
         from rlkit.algos.base import config_problems
         from rlkit.algos.core import AGG_MODES, KL_KINDS
+        from rlkit.algos.rollout_correction import IS_LEVELS, MASK_LEVELS
         from rlkit.rewards.loader import looks_like_file
         from rlkit.rollout.decode import KV_CACHES
         from rlkit.rollout.engine import ENGINE_NAMES
@@ -526,7 +538,7 @@ class Config:
                     "actor.max_tokens_per_micro_batch", "critic.max_tokens_per_micro_batch", "actor.lora_rank"):
             c.at_least(key, 0)
         for key in ("actor.lr", "critic.lr", "actor.grad_clip", "critic.grad_clip", "critic.value_clip", "actor.lora_alpha",
-                    "algo.kl_target", "reward.timeout_s"):
+                    "algo.kl_target", "reward.timeout_s", "algo.rollout_is_cap"):
             c.greater(key, 0)
         c.greater("algo.dual_clip", 1)  # dual-clip PPO needs c > 1 (Ye et al. 2020)
         for key in ("rollout.top_p", "rollout.vllm_gpu_memory_utilization"):
@@ -534,6 +546,8 @@ class Config:
         for key in ("algo.gamma", "algo.lam"):
             c.check(key, lambda v: 0 <= v <= 1, "must be in [0, 1]")
         c.check("algo.clip_low", lambda v: 0 <= v < 1, "must be in [0, 1)")
+        c.check("algo.rollout_mask_low", lambda v: 0 <= v <= 1, "must be in [0, 1] (a ratio of 1 stays in the band)")
+        c.check("algo.rollout_mask_high", lambda v: v >= 1, "must be >= 1 (a ratio of 1 stays in the band)")
         c.check("actor.betas", lambda v: all(0 <= b < 1 for b in v), "both betas must be in [0, 1)")
         for key, choices in (("model.dtype", ("auto", "float32", "bfloat16")),
                              ("model.attn_implementation", ("eager", "sdpa", "flash_attention_2")),
@@ -541,6 +555,7 @@ class Config:
                              ("rollout.kv_cache", KV_CACHES),
                              ("actor.lr_schedule", ("constant", "cosine")), ("actor.on_nonfinite", ("skip", "raise")),
                              ("algo.loss_agg", AGG_MODES), ("algo.kl_kind", KL_KINDS),
+                             ("algo.rollout_is", IS_LEVELS), ("algo.rollout_mask", MASK_LEVELS),
                              ("cluster.backend", ("ray", "local")), ("cluster.placement", ("colocate", "split", "auto")),
                              ("cluster.device", ("auto", "cpu", "cuda")),
                              ("logging.wandb_mode", ("online", "offline", "disabled")),

@@ -40,6 +40,10 @@ def batch_stats(stage: str, batch: Any) -> dict[str, float]:
     if batch.advantages is not None and batch.response_mask is not None and stage == "prepare":
         mask = batch.response_mask.bool()
         out["advantage/abs_mean"] = float(batch.advantages[mask].abs().mean()) if mask.any() else 0.0
+    if stage == "prepare":  # rollout engine vs trainer (rollout_corr/*, training/rollout_probs_diff_*), any algorithm
+        from rlkit.algos.rollout_correction import batch_metrics
+
+        out.update(batch_metrics(batch))
     return out
 
 
