@@ -18,7 +18,9 @@ def test_gpu_script_runs_its_whole_path_on_cpu(tmp_path, capsys):
     assert modes == [(4, "per-layer"), (8, "per-layer"), (8, "gathered")]
     for g in out["generate"]:
         assert 0 < g["tokens"] <= g["batch"] * g["new_tokens"]
-        assert 0 < g["of_roofline"] < 1
+        # > 0 and finite only: on CPU the tiny model's weights stay in cache, so a decode step can beat the
+        # DRAM-bandwidth roofline (1.12 was measured once the sampler stopped costing a draw per vocab entry)
+        assert 0 < g["of_roofline"] < float("inf")
     # the gathered sync materialises every parameter once: its bytes are the model's (tied embedding once)
     assert out["sync"]["mode"] == "gathered" and out["sync"]["bytes"] == out["param_bytes"]
 
