@@ -12,18 +12,10 @@ import torch
 from rlkit.data import encode_prompts, load_model_and_tokenizer
 from rlkit.rollout.decode import StopStrings, sample_responses
 from rlkit.rollout.sampling import SamplingParams, next_tokens
+from tests.test_rollout_hf import one_thread  # noqa: F401  (autouse: one torch thread for this module too)
 
 TEXTS = ["1+2=", "37+48=", "5*6+7=", "99-1=", "hello", "7", "12+3=", "4*4="]
 CACHES = ("dynamic", "static")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and the CI machine's cores are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
