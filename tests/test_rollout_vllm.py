@@ -113,6 +113,23 @@ def test_live_bytes_counts_until_python_frees():
     del b, c
 
 
+def test_live_bytes_release_counts_a_buffer_freed_while_torch_still_holds_it():
+    # The gloo backend's worker thread keeps a collective's output buffer until it next runs: the stream
+    # releases its bucket buffer explicitly, so a late thread does not inflate the peak (a CI failure).
+    tracker = LiveBytes()
+    buffer = tracker.add(torch.zeros(100))
+    held_by_the_backend = [buffer]
+    tracker.release(buffer)
+    del buffer
+    assert tracker.current == 0
+    tracker.add(torch.zeros(10))  # dropped at once
+    del held_by_the_backend
+    gc.collect()
+    assert tracker.current == 0 and tracker.peak == 400  # the late free is not subtracted twice
+    tracker.release(torch.zeros(3))  # never added: nothing to do
+    assert tracker.current == 0
+
+
 # In a fresh interpreter: in the long-lived pytest process (CI, and a full local run) RSS did not grow by a
 # touched 64 MiB tensor even with mmap forced for large blocks, so what state earlier tests leave behind in the
 # allocator decides the outcome there. The measurement itself is what these tests are about.
