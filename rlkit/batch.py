@@ -46,13 +46,13 @@ RESPONSE_FIELDS = (  # (B, T), right-padded, aligned with response_ids
     "advantages",
     "returns",
 )
-ROW_FIELDS = ("scores", "costs", "baseline_scores", "group_id")  # (B,)
+ROW_FIELDS = ("scores", "costs", "baseline_scores", "group_id", "policy_version")  # (B,)
 TEXT_FIELDS = ("prompt_text", "response_text", "ground_truth", "data_source", "extra_info")  # list of B entries
 # The per-prompt lists a rollout engine copies from a prompt row to each of its n samples.
 PROMPT_TEXT_FIELDS = ("prompt_text", "ground_truth", "data_source", "extra_info")
 TENSOR_FIELDS = PROMPT_FIELDS + RESPONSE_FIELDS + ROW_FIELDS
 ALL_FIELDS = TENSOR_FIELDS + TEXT_FIELDS
-_INTEGER_FIELDS = ("prompt_ids", "response_ids", "group_id")
+_INTEGER_FIELDS = ("prompt_ids", "response_ids", "group_id", "policy_version")
 
 
 # `shadow=True`: the field name `values` is also a TensorDict method name; the
@@ -81,6 +81,7 @@ class Batch:
     costs: Optional[torch.Tensor] = None  # (B,) float: sequence-level cost (Safe-RLHF cost model)
     baseline_scores: Optional[torch.Tensor] = None  # (B,) float: score of the prompt's greedy response (ReMax baseline)
     group_id: Optional[torch.Tensor] = None  # (B,) long: index of the prompt a row was sampled from (GRPO/RLOO groups)
+    policy_version: Optional[torch.Tensor] = None  # (B,) long: trainer updates in the weights that sampled the row
 
     # --- per-row non-tensor data: lists of B entries, sliced with their rows ---
     prompt_text: Optional[list] = None  # B str: the prompt as text (after the chat template)

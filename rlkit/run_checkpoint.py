@@ -8,6 +8,8 @@
         config.yaml     the run's config, readable
         roles/actor/    each trained role's shards, AdamW state and lr schedule (rlkit.workers.checkpoint,
         roles/critic/   DCP: loads into any number of ranks), the actor's rollout call counter (sampler seeds)
+        pipeline/       with rollout.async_steps >= 1: the generations that were in flight (their prompts and
+                        batches, in queue order) and the rollout pool's sampler counter (rlkit.pipeline)
     latest              the name of the newest complete checkpoint ("step-000120"), replaced last
 ```
 
@@ -46,6 +48,7 @@ LATEST_FILE = "latest"
 STATE_FILE = "session.pt"
 CONFIG_FILE = "config.yaml"
 ROLES_DIR = "roles"
+PIPELINE_DIR = "pipeline"
 FORMAT = "rlkit.run-checkpoint/1"
 TRAINED_ROLES = ("actor", "critic")
 """Roles with an optimizer in a Session: the ones a checkpoint holds."""
@@ -157,6 +160,7 @@ def driver_state(s: Any) -> dict[str, Any]:
     return {
         "format": FORMAT,
         "step": int(s.steps_done),
+        "policy_version": int(getattr(s, "policy_version", s.steps_done)),
         "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "config": s.config.to_dict(),
         "algorithm_name": getattr(s.algo, "name", type(s.algo).__name__),
@@ -230,6 +234,8 @@ def save_session(s: Any, path: str | os.PathLike | None = None, *, keep_last: in
         state = driver_state(s)
         for role in state["roles"]:
             s.roles[role].save_checkpoint(str(tmp / ROLES_DIR / role))
+        if getattr(s, "pipeline", None) is not None:  # the generations in flight (rollout.async_steps)
+            s.pipeline.save(tmp / PIPELINE_DIR)
         torch.save(state, tmp / STATE_FILE)
         s.config.to_yaml(tmp / CONFIG_FILE)
         fsync_tree(tmp)
@@ -329,6 +335,14 @@ def restore_session(s: Any, plan: ResumePlan) -> None:
     s.prompts.load_state_dict(state["prompts"])
     restore_rng(state["rng"])
     s.steps_done = plan.step
+    s.policy_version = int(state.get("policy_version", plan.step))
+    in_flight = plan.checkpoint / PIPELINE_DIR
+    if in_flight.is_dir() and getattr(s, "pipeline", None) is not None:
+        s.pipeline.load(in_flight)
+    elif in_flight.is_dir():
+        warnings.warn(f"Session.resume: {in_flight} holds rollouts generated ahead (rollout.async_steps = "
+                      f"{state['config']['rollout'].get('async_steps')}) that this synchronous run does not "
+                      f"use: their prompts are skipped", RuntimeWarning, stacklevel=3)
     s.monitor.restore(plan.step, state["history"], truncate_files=not plan.fork)
     # The engines take the loaded weights now, outside any step's stats (as after a learn in the run that
     # never stopped), so the first resumed generate needs no fallback sync.

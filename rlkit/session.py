@@ -37,7 +37,7 @@ from rlkit.cluster.runtime import ClusterRuntime
 from rlkit.config import Config
 from rlkit.nonfinite import check_rewards, check_updates
 from rlkit.session_support import (COMPUTABLE_FIELDS, check_batch_fits, placement_of, reduce_rank_stats,
-                                   require_fields, run_directory)
+                                   require_fields, run_directory, sampling_params)
 
 
 class Session:
@@ -162,6 +162,14 @@ class Session:
         """The actor's worker group."""
         self.steps_done = 0
         """RL steps (generate + prepare + learn) completed."""
+        self.policy_version = 0
+        """Actor updates applied (every `learn`): the version a sample drawn now records (`Batch.policy_version`)."""
+        self.pipeline = None
+        """With `rollout.async_steps >= 1`: the `rlkit.pipeline.RolloutPipeline` that `step` and `train` run."""
+        if cfg.rollout.async_steps:
+            from rlkit.pipeline import RolloutPipeline
+
+            self.pipeline = RolloutPipeline.build(self, model_cfg)
         plan = self._resume_plan
         self.monitor = SessionMonitor(cfg, self.run_dir, roles=list(specs), pop_role_stats=self._pop_role_stats,
                                       resume=plan)
@@ -188,21 +196,11 @@ class Session:
     def rollout(self, prompts: Batch, *, n: int | None = None, greedy: bool = False) -> Batch:
         """`n` sampled responses per prompt (default `rollout.n`), or one greedy response per prompt.
 
-        Rows keep their prompt's `group_id` = the prompt's row index in `prompts`."""
-        from rlkit.rollout.sampling import SamplingParams
-
-        r = self.config.rollout
-        params = SamplingParams(
-            n=1 if greedy else (n or r.n),
-            temperature=0.0 if greedy else r.temperature,
-            top_p=r.top_p,
-            top_k=r.top_k,
-            max_new_tokens=r.max_new_tokens,
-            min_new_tokens=0 if greedy else r.min_new_tokens,  # greedy evaluation reads the model's own ending
-            stop=list(r.stop),
-        )
-        prompts = prompts.replace(group_id=torch.arange(len(prompts)))
-        return self.roles["actor"].generate(prompts, params)
+        Rows keep their prompt's `group_id` = the prompt's row index in `prompts`, and carry the policy version
+        that drew them (`policy_version`: updates applied so far)."""
+        params = sampling_params(self.config.rollout, n=n, greedy=greedy)
+        out = self.roles["actor"].generate(prompts.replace(group_id=torch.arange(len(prompts))), params)
+        return out.replace(policy_version=torch.full((len(out),), self.policy_version, dtype=torch.long))
 
     def score(self, batch: Batch) -> Batch:
         """`scores` (B,) from the reward model or rule, and `costs` (B,) when a cost model/rule exists."""
@@ -374,6 +372,7 @@ class Session:
             if self.spec.needs_critic:
                 stats.update(self.update_critic(batch))
             stats.update(self.update_actor(batch))
+            self.policy_version += 1
             hook = getattr(self.algo, "after_learn", None)
             if hook is not None:
                 stats.update(hook(self, batch, stats))
@@ -383,12 +382,16 @@ class Session:
         return {**learned, **self.sync_weights()}
 
     def step(self) -> dict:
-        """One RL step: generate, prepare, learn. Returns the step's stats (also logged).
+        """One RL step: generate, prepare, learn. Returns the step's stats (also logged). With
+        `rollout.async_steps >= 1` the step of the pipeline instead (`rlkit.pipeline`: the batch comes from the
+        rollout pool, generated while earlier steps learned).
 
         A step that fails or is interrupted before learning consumes no prompts (the stream's cursor goes
         back); once learning starts, Ctrl-C waits for the update and the step's bookkeeping to finish, so
         the step is counted with its update (`rlkit.interrupts`)."""
         self._check_usable("step")
+        if self.pipeline is not None:  # rollout.async_steps >= 1: generation runs ahead on the rollout pool
+            return self.pipeline.step()
         start = time.perf_counter()
         cursor = self.prompts.state_dict()
         try:

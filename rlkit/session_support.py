@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -189,6 +190,23 @@ def check_batch_fits(batch: Batch, stage: str, *, vocab_size: int, max_new_token
     if problems:
         raise ValueError(f"Session.{stage}: the batch does not fit this session (was it saved by a run with "
                          f"another model or config?): " + "; ".join(problems))
+
+
+def sampling_params(rollout: Any, *, n: int | None = None, greedy: bool = False):
+    """The `SamplingParams` of a rollout from the config's `rollout` section: `n` samples per prompt (default
+    `rollout.n`), or one greedy response (temperature 0, no minimum length: evaluation reads the model's own
+    ending)."""
+    from rlkit.rollout.sampling import SamplingParams
+
+    return SamplingParams(
+        n=1 if greedy else (n or rollout.n),
+        temperature=0.0 if greedy else rollout.temperature,
+        top_p=rollout.top_p,
+        top_k=rollout.top_k,
+        max_new_tokens=rollout.max_new_tokens,
+        min_new_tokens=0 if greedy else rollout.min_new_tokens,
+        stop=list(rollout.stop),
+    )
 
 
 def require_fields(batch: Batch, fields: tuple[str, ...], stage: str, hint: str) -> None:

@@ -61,6 +61,21 @@ def test_algorithm_raises_eval_accuracy_from_the_sft_policy(sft_arithmetic, tmp_
     assert after >= before + GAIN_OF.get(algo, GAIN), f"{algo}: eval accuracy {before:.1%} -> {after:.1%} after {STEPS} steps"
 
 
+def test_one_step_off_learns_like_the_synchronous_loop(sft_arithmetic, tmp_path):
+    """`rollout.async_steps = 1` (rlkit.pipeline): every batch after the first is drawn one update behind the
+    trainer, on the rollout pool's copy of the weights; GRPO must clear the synchronous loop's bar. (The
+    local backend runs the pool's calls in order without overlap: the same samples and versions as on Ray.)"""
+    cfg = arithmetic_config(sft_arithmetic, "grpo", tmp_path,
+                            **{"rollout.async_steps": 1, "logging.run_name": "grpo-one-step-off"})
+    with rlkit.Session(cfg) as s:
+        before = accuracy(s)
+        history = s.train(STEPS)
+        after = accuracy(s)
+    print(f"grpo one-step-off: eval accuracy {before:.1%} -> {after:.1%}")
+    assert [h["async/staleness_max"] for h in history] == [0] + [1] * (STEPS - 1)
+    assert after >= before + GAIN, f"one-step-off grpo: eval accuracy {before:.1%} -> {after:.1%} after {STEPS} steps"
+
+
 def test_a_random_reward_does_not_teach_arithmetic(sft_arithmetic, tmp_path):
     """The control of the test above: same recipe, a coin-flip reward; the accuracy must not rise."""
     coin = random.Random(0)

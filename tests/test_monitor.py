@@ -250,6 +250,21 @@ def test_token_view_colours_every_valid_token(char_tokenizer):
     assert token_values(batch, 1, "advantage")[:3].tolist() == [-1.0, -2.0, -3.0]
 
 
+def test_token_view_shows_the_importance_weight_and_policy_version(char_tokenizer):
+    batch = make_batch(char_tokenizer).replace(policy_version=torch.tensor([0, 3]))
+    # row 1: gap rollout - old = [0, -0.5, ...]: weights pi_old / pi_rollout = [1, e^0.5]
+    weights = token_values(batch, 1, "is_weight")
+    assert weights[:2].tolist() == pytest.approx([1.0, math.exp(0.5)])
+    page = token_view_html(batch, char_tokenizer, row=1, color_by="is_weight")
+    tips = _tooltips(page)
+    assert "is_weight=1 " in tips[0] + " " and "is_weight=1.649" in tips[1]
+    assert ",0.000)" in page.split('class="tok"')[1]  # a weight of exactly 1: no colour
+    assert "rgba(220,50,47,0.850)" in page  # the largest |log w| (0.5, above 1) gets full red
+    assert "drawn by policy version 3" in page
+    gap_tips = _tooltips(token_view_html(batch, char_tokenizer, row=1, color_by="logprob_gap"))
+    assert "weight pi_old/pi_rollout=1.649" in gap_tips[1]
+
+
 def test_token_view_names_missing_fields(char_tokenizer):
     batch = make_batch(char_tokenizer)
     with pytest.raises(ValueError, match=r"Batch\.advantages"):

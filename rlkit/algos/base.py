@@ -221,4 +221,15 @@ def config_problems(cfg: "Config") -> list[str]:
         return [f"algo.name = {name!r}: the algorithm rejects this config: {err}"]
     from rlkit.algos.rollout_correction import correction_problems  # torch: not at `import rlkit.config` time
 
-    return spec_problems(spec_of(algo), cfg, name) + correction_problems(algo, cfg, name)
+    return (spec_problems(spec_of(algo), cfg, name) + correction_problems(algo, cfg, name)
+            + pipeline_problems(algo, cfg, name))
+
+
+def pipeline_problems(algo: Any, cfg: "Config", name: str) -> list[str]:
+    """`rollout.async_steps >= 1` generates on the rollout pool with plain sampling (`rlkit.pipeline`): an
+    algorithm with its own `generate` stage (ReMax's greedy baseline, DAPO's scoring and refills) is refused."""
+    if cfg.rollout.async_steps and getattr(algo, "generate", None) is not None:
+        return [f"rollout.async_steps = {cfg.rollout.async_steps}: algo.name = {name!r} has its own generate stage, "
+                "which the asynchronous pipeline does not run (it samples plain rollouts on the rollout pool); "
+                "use rollout.async_steps = 0 with this algorithm"]
+    return []

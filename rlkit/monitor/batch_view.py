@@ -4,7 +4,8 @@
   shared by the HTML table, `RunLog.log_samples` and the W&B samples table;
 - `batch_table_html(batch)`: that table as HTML (what `Batch._repr_html_` shows in Jupyter);
 - `token_view_html(batch, tokenizer, row, color_by=...)`: each response token of one row
-  on a colour scale of its log-prob, entropy, advantage or rollout/trainer log-prob gap.
+  on a colour scale of its log-prob, entropy, advantage, rollout/trainer log-prob gap or importance
+  weight pi_old / pi_rollout (the ratio `algo.rollout_is` truncates; stale rows of asynchronous runs).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any, Optional
 
 import torch
 
-COLOR_BY = ("logprob", "entropy", "advantage", "logprob_gap")
+COLOR_BY = ("logprob", "entropy", "advantage", "logprob_gap", "is_weight")
 _MAX_CHARS = 2000  # longer texts are cut in the table (the full text stays in the Batch)
 
 _TABLE_CSS = (
@@ -162,6 +163,8 @@ def token_values(batch, row: int, color_by: str = "logprob", *, entropy: Optiona
 
     logprob: `rollout_logprobs` (else `old_logprobs`); advantage: `advantages`;
     logprob_gap: `rollout_logprobs - old_logprobs` (the rollout engine vs the trainer);
+    is_weight: `exp(old_logprobs - rollout_logprobs)`, the importance weight pi_old / pi_rollout before
+    `algo.rollout_is_cap` truncates it;
     entropy: `entropy` ((B, T) or (T,)) when given, else computed with `model`.
     """
     if color_by not in COLOR_BY:
@@ -182,6 +185,10 @@ def token_values(batch, row: int, color_by: str = "logprob", *, entropy: Optiona
         rollout = _need(batch, "rollout_logprobs", color_by)[row].float()
         old = _need(batch, "old_logprobs", color_by)[row].float()
         return (rollout - old).cpu()
+    if color_by == "is_weight":
+        rollout = _need(batch, "rollout_logprobs", color_by)[row].float()
+        old = _need(batch, "old_logprobs", color_by)[row].float()
+        return (old - rollout).exp().cpu()
     # entropy: not a Batch field (it needs the whole next-token distribution, not just the sampled token)
     if entropy is not None:
         entropy = torch.as_tensor(entropy)
@@ -200,6 +207,10 @@ def token_color(value: float, scale: float, color_by: str) -> str:
     magnitude that gets full colour."""
     if not math.isfinite(value) or scale <= 0:
         return "transparent"
+    if color_by == "is_weight":  # diverging around a weight of 1, on the log scale (`scale`: max |log w|)
+        value = math.log(value) if value > 0 else -math.inf
+        if not math.isfinite(value):
+            return "transparent"
     if color_by == "logprob":
         strength, rgb = -value / scale, (220, 50, 47)
     elif color_by == "entropy":
@@ -232,12 +243,15 @@ def token_view_html(batch, tokenizer, row: int = 0, color_by: str = "logprob", *
     valid_ids = ids.cpu()[mask].tolist()
     valid_values = values[mask]
     finite = valid_values[torch.isfinite(valid_values)]
-    scale = float(finite.abs().max()) if finite.numel() else 0.0
+    magnitude = finite.clamp(min=1e-30).log() if color_by == "is_weight" else finite  # weights: around 1
+    scale = float(magnitude.abs().max()) if finite.numel() else 0.0
     pieces = []
     for token, token_id, value in zip(_token_strings(tokenizer, valid_ids), valid_ids, valid_values.tolist()):
         tip = f"{token!r} id={token_id} {color_by}={value:.4g}"
         if color_by == "logprob":
             tip += f" p={math.exp(value):.3g}"
+        elif color_by == "logprob_gap":
+            tip += f" weight pi_old/pi_rollout={math.exp(-value):.4g}"
         pieces.append(
             f'<span class="tok" title="{html.escape(tip)}" '
             f'style="background:{token_color(value, scale, color_by)}">{html.escape(token)}</span>'
@@ -248,7 +262,10 @@ def token_view_html(batch, tokenizer, row: int = 0, color_by: str = "logprob", *
         "entropy": "orange = high-entropy position",
         "advantage": "red = positive advantage, blue = negative",
         "logprob_gap": "red = rollout log-prob above trainer's, blue = below",
+        "is_weight": "red = weight above 1 (the trainer finds the token likelier), blue = below",
     }[color_by]
+    if batch.policy_version is not None:
+        legend += f"; drawn by policy version {int(batch.policy_version[row])}"
     stats = (
         f"min {float(finite.min()):.4g}, mean {float(finite.mean()):.4g}, max {float(finite.max()):.4g}"
         if finite.numel() else "no tokens"
@@ -256,7 +273,7 @@ def token_view_html(batch, tokenizer, row: int = 0, color_by: str = "logprob", *
     body = "".join(pieces) if pieces else '<i style="color:#999">(empty response)</i>'
     return (
         f"{_TABLE_CSS}<div><b>row {row}</b> · colour by <b>{html.escape(color_by)}</b> "
-        f"({html.escape(legend)}; {stats}; full colour at |v| = {scale:.4g})</div>"
+        f"({html.escape(legend)}; {stats}; full colour at |{'log ' * (color_by == 'is_weight')}v| = {scale:.4g})</div>"
         f'<div class="rlkit-tokens"><span style="color:#888;border-right:2px solid #bbb;margin-right:3px">'
         f"{html.escape(prompt)}</span>{body}</div>"
     )

@@ -53,6 +53,9 @@ PANELS: tuple[Panel, ...] = (
     Panel("clip fraction", r"actor/(?P<label>clipfrac)"),
     Panel("response length (tokens)", r"response/(?P<label>length_mean)"),
     Panel("weight sync (bytes per engine)", r"weight_sync/(?P<label>bytes)"),
+    Panel("rollout vs trainer", r"rollout_corr/(?P<label>kl|ratio_max)"),
+    Panel("staleness (policy versions)", r"async/staleness_(?P<label>mean|max)"),
+    Panel("pool idle fraction", r"pipeline/(?P<label>rollout|trainer)_idle_frac"),
 )
 _COMPILED = tuple(re.compile(panel.pattern) for panel in PANELS)
 

@@ -147,15 +147,20 @@ class SessionMonitor:
         except WorkerDiedError as err:  # the run is gone with its worker: say how to get it back
             add_resume_note(err, self.run_dir)
             raise
-        seconds = time.perf_counter() - start
+        self.record(name, time.perf_counter() - start, rec, role_stats=self.pop_role_stats)
+
+    def record(self, name: str, seconds: float, rec: StageRecord | dict, *, role_stats=None) -> None:
+        """Add a stage that ran `seconds` to the step in progress: what `stage` does once its block ends, and what
+        the asynchronous pipeline calls for a generation that ran on the rollout pool meanwhile.
+        `role_stats()`: the per-rank call stats to add (the memory and per-role time keys)."""
         stats: dict[str, float] = {f"time/{name}": seconds}
         tokens = rec.get(_TOKEN_KEYS.get(name, "tokens"))
         if tokens is not None and seconds > 0:
             stats[f"throughput/{name}_tokens_per_s"] = float(tokens) / seconds
         stats.update(batch_stats(name, rec.get("batch")))
         stats.update({k: float(v) for k, v in (rec.get("stats") or {}).items() if _is_number(v)})
-        if self.pop_role_stats is not None:
-            stats.update(memory_stats(self.pop_role_stats()))
+        if role_stats is not None:
+            stats.update(memory_stats(role_stats()))
         self.stages[name] = stats
         self.current.update(stats)
         self.dashboard.update(name, {"step": self.step + (0 if name == "eval" else 1), **stats})
