@@ -19,7 +19,8 @@ What is measured every step: `async/staleness_mean`, `async/staleness_max` and `
 fraction of rows j versions old); `pipeline/wait_seconds` (the trainer waiting for rollouts);
 `pipeline/trainer_idle_frac` (of this step) and `pipeline/rollout_idle_frac` (of the step k + 1 steps
 before: the pool's spans come back with the batches they made). `s.pipeline.spans` holds what each pool did when, and
-`s.pipeline.timeline_figure()` draws it.
+`s.pipeline.timeline_figure()` draws it (written to `<run_dir>/pipeline_timeline.html` when the Session
+closes).
 
 A checkpoint (`s.save()`) waits for the generations in flight and stores their batches, so a resumed run
 trains on exactly the batches the uninterrupted one would have (`save` / `load` below).
@@ -227,6 +228,15 @@ class RolloutPipeline:
             first = max(x["step"] for x in spans) - last_steps + 1
             spans = [x for x in spans if x["step"] >= first]
         return timeline_figure(spans)
+
+    def write_timeline(self, path: str | Path | None = None) -> Path | None:
+        """The timeline figure as HTML (default `<run_dir>/pipeline_timeline.html`, which `Session.close` writes);
+        None when no pipelined step ran."""
+        if not self.spans:
+            return None
+        path = Path(path) if path is not None else Path(self.s.run_dir) / "pipeline_timeline.html"
+        self.timeline_figure().write_html(str(path), include_plotlyjs=True, full_html=True)
+        return path
 
     # ------------------------------------------------------------------ checkpoints
 

@@ -539,8 +539,10 @@ class Session:
     def close(self) -> None:
         """Stop every worker process of this Session, and the Ray cluster if the Session started it; idempotent.
         The processes are freed even when writing dashboard.html or finishing W&B fails (that error follows)."""
-        monitor = getattr(self, "monitor", None)
+        monitor, pipeline = getattr(self, "monitor", None), getattr(self, "pipeline", None)
         try:
+            if pipeline is not None and not self.closed:
+                pipeline.write_timeline()
             if monitor is not None:
                 monitor.close()
         finally:

@@ -135,3 +135,21 @@ def test_realistic_workload_runs_both_sides_through_the_harness(tmp_path, capsys
         assert extra["real_tokens"] == step["prompt_tokens"] + step["gen_tokens"]
         assert extra["computed_tokens"] >= extra["real_tokens"] and 0 <= extra["padding_frac"] < 1
         assert record["peak_rss_tree_mb"] >= record["peak_rss_self_mb"] * 0.5 > 0
+
+
+def test_async_pipeline_arm_reports_the_pipeline_measurements(tmp_path):
+    import math
+
+    import rlkit
+    from benchmarks.async_pipeline import run_arm
+
+    cfg = rlkit.Config.preset("arithmetic-tiny", rollout={"prompts_per_step": 4, "n": 2, "max_new_tokens": 3,
+                                                         "async_steps": 1},
+                              actor={"mini_batch_size": 8, "micro_batch_size": 8}, critic={"micro_batch_size": 8},
+                              cluster={"backend": "local", "threads_per_worker": 1},
+                              logging={"run_dir": str(tmp_path), "run_name": "arm", "dashboard": False})
+    r = run_arm(cfg, steps=4, every=2)
+    assert len(r["accuracy"]) == 3 and len(r["reward"]) == 4  # evaluated at 0, 2 and 4 steps
+    assert r["staleness"] == 1.0  # steps 3-4: one version behind
+    assert r["step"] > 0 and 0 <= r["trainer_idle"] <= 1 and 0 <= r["rollout_idle"] <= 1
+    assert not math.isnan(r["wait"])

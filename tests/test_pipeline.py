@@ -199,6 +199,7 @@ def test_timeline_figure_has_a_bar_per_span(tmp_path):
         s.train(3)
         fig = s.pipeline.timeline_figure()
         spans = s.pipeline.spans
+    assert (tmp_path / "timeline" / "pipeline_timeline.html").is_file()  # written by close()
     bars = sum(len(trace.x) for trace in fig.data)
     assert bars == len(spans) and {t.name for t in fig.data} >= {"generate", "learn", "prepare", "load_weights"}
     assert set(s.pipeline.idle_fractions()) == {"rollout", "trainer"}
