@@ -128,6 +128,10 @@ class Counter:
     def pid(self) -> int:
         return os.getpid()
 
+    @register("broadcast")
+    def echo(self, value):
+        return value
+
 
 # ---- protocols (pure, no Ray) -----------------------------------------------------------------
 
@@ -261,6 +265,27 @@ def test_separate_pools_run_concurrently_in_separate_processes(ray_cluster, grou
         for g, p in zip(groups, pools):
             g.close()
             p.close()
+
+
+def test_a_result_forwarded_to_another_group_does_not_pass_through_the_driver(ray_cluster, group2):
+    pool = ResourcePool(nodes=1, devices_per_node=1, name="forward")
+    other = WorkerGroup(pool, {"counter": RoleSpec(Counter)}, threads_per_worker=1)
+    try:
+        where = group2.scorer.where.submit()
+        forwarded = where.forward(1)
+        assert type(forwarded).__name__ == "Forwarded"  # an object-store reference, not the value
+        assert other.counter.echo(forwarded) == [where.result()[1]]  # rank 1's result, read by `other`
+        failing = group2.scorer.fail_on.submit(0)
+        with pytest.raises(WorkerError, match=r"(?s)forwarded from scorer.fail_on rank 0.*bad row on rank 0"):
+            other.counter.echo(failing.forward(0))
+    finally:
+        other.close()
+        pool.close()
+
+
+def test_local_futures_forward_the_value_itself():
+    with WorkerGroup(None, {"counter": RoleSpec(Counter, kwargs={"start": 4})}, backend="local") as group:
+        assert group.counter.echo(group.counter.bump.submit().forward(0)) == [5]  # rank 0's own result, as on Ray
 
 
 def test_future_done_and_timeout(group2):

@@ -28,12 +28,39 @@ class WorkerFuture:
     def done(self) -> bool:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def forward(self, rank: int = 0) -> Any:
+        """Rank `rank`'s raw result as an argument of another call, without the driver fetching it: on Ray the
+        receiving worker reads it from the object store (`Forwarded`), so a large result (a state dict) goes from
+        worker to worker once. An error of this call is raised in the receiving call."""
+        raise NotImplementedError  # pragma: no cover - interface
+
+
+class Forwarded:
+    """A result left in Ray's object store, resolved by the worker that receives it as an argument."""
+
+    __slots__ = ("ref", "what")
+
+    def __init__(self, ref: Any, what: str):
+        self.ref, self.what = ref, what
+
+    def resolve(self) -> Any:
+        import ray
+
+        value = ray.get(self.ref)
+        if isinstance(value, Failure):
+            raise RuntimeError(f"the argument forwarded from {self.what} is an error raised there: "
+                               f"{value.exc_type} on {value.host}\n{value.traceback}")
+        return value
+
 
 class LocalFuture(WorkerFuture):
     """A call already run in the calling process (local backend); re-raises its exception unchanged."""
 
-    def __init__(self, value: Any = None, error: BaseException | None = None):
+    def __init__(self, value: Any = None, error: BaseException | None = None, raw: list | None = None):
+        """value / error: the call's collected result or its exception; raw: each rank's own result (what
+        `forward` hands on; default: `value` on rank 0)."""
         self._value, self._error = value, error
+        self._raw = raw
 
     def result(self, timeout: float | None = None) -> Any:
         if self._error is not None:
@@ -42,6 +69,10 @@ class LocalFuture(WorkerFuture):
 
     def done(self) -> bool:
         return True
+
+    def forward(self, rank: int = 0) -> Any:
+        value = self.result()  # raises this call's error at the forwarding call (one process: no later place)
+        return self._raw[rank] if self._raw is not None else value
 
 
 class RayFuture(WorkerFuture):
@@ -73,6 +104,9 @@ class RayFuture(WorkerFuture):
 
         ready, _ = ray.wait(self._pending, num_returns=len(self._pending), timeout=0)
         return len(ready) == len(self._pending)
+
+    def forward(self, rank: int = 0) -> Forwarded:
+        return Forwarded(self._refs[rank], f"{self._role}.{self._method} rank {rank}")
 
     def result(self, timeout: float | None = None) -> Any:
         if self._outcome is None:

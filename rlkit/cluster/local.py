@@ -113,7 +113,7 @@ class LocalBackend:
             _add_note(exc, f"rlkit: raised in {role}.{method} on rank 0 of 1 (local backend, {self.label})")
             return LocalFuture(error=exc)
         try:
-            return LocalFuture(value=finish([value]))
+            return LocalFuture(value=finish([value]), raw=[value])
         except Exception as exc:
             return LocalFuture(error=exc)
 

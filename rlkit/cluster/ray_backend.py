@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from rlkit.cluster.errors import WorkerDiedError
-from rlkit.cluster.futures import RayFuture, WorkerFuture
+from rlkit.cluster.futures import Forwarded, RayFuture, WorkerFuture
 from rlkit.cluster.pool import ResourcePool
 from rlkit.cluster.worker import RankHost, RoleSpec, WorkerContext
 
@@ -34,6 +34,8 @@ class RemoteRankHost(RankHost):
         import ray
 
         def resolve(v):
+            if isinstance(v, Forwarded):  # another call's result, read here from the object store
+                return v.resolve()
             return ray.get(v.ref) if isinstance(v, _Shared) else v
 
         args = tuple(resolve(a) for a in args)

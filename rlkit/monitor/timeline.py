@@ -1,7 +1,7 @@
 """What each pool did when: a plotly timeline of the asynchronous pipeline's spans (`rlkit.pipeline`).
 
 ```python
-s.pipeline.timeline_figure(last_steps=5)   # one row per pool: generate / load weights, prepare / learn / gather
+s.pipeline.timeline_figure(last_steps=5)   # one row per pool: generate / load weights, prepare / learn
 ```
 """
 
@@ -10,8 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 # One colour per kind of span, the same in every figure.
-COLOURS = {"generate": "#1f77b4", "load_weights": "#aec7e8", "prepare": "#ff7f0e", "learn": "#d62728",
-           "gather weights": "#ff9896"}
+COLOURS = {"generate": "#1f77b4", "load_weights": "#aec7e8", "prepare": "#ff7f0e", "learn": "#d62728"}
 
 
 def timeline_figure(spans: list[dict[str, Any]]):
