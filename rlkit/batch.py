@@ -45,6 +45,7 @@ RESPONSE_FIELDS = (  # (B, T), right-padded, aligned with response_ids
     "token_rewards",
     "advantages",
     "returns",
+    "token_policy_version",
 )
 ROW_FIELDS = ("scores", "costs", "baseline_scores", "group_id", "policy_version")  # (B,)
 TEXT_FIELDS = ("prompt_text", "response_text", "ground_truth", "data_source", "extra_info")  # list of B entries
@@ -52,7 +53,7 @@ TEXT_FIELDS = ("prompt_text", "response_text", "ground_truth", "data_source", "e
 PROMPT_TEXT_FIELDS = ("prompt_text", "ground_truth", "data_source", "extra_info")
 TENSOR_FIELDS = PROMPT_FIELDS + RESPONSE_FIELDS + ROW_FIELDS
 ALL_FIELDS = TENSOR_FIELDS + TEXT_FIELDS
-_INTEGER_FIELDS = ("prompt_ids", "response_ids", "group_id", "policy_version")
+_INTEGER_FIELDS = ("prompt_ids", "response_ids", "group_id", "policy_version", "token_policy_version")
 
 
 # `shadow=True`: the field name `values` is also a TensorDict method name; the
@@ -75,6 +76,7 @@ class Batch:
     token_rewards: Optional[torch.Tensor] = None  # (B, T) float: per-token reward (score at the last token, minus KL penalty)
     advantages: Optional[torch.Tensor] = None  # (B, T) float: advantage estimate per response token
     returns: Optional[torch.Tensor] = None  # (B, T) float: return targets for the critic
+    token_policy_version: Optional[torch.Tensor] = None  # (B, T) long: version that drew each token (partial rollouts)
 
     # --- per row: (B,) ---
     scores: Optional[torch.Tensor] = None  # (B,) float: sequence-level reward (reward fn or reward model)

@@ -22,6 +22,11 @@ before: the pool's spans come back with the batches they made). `s.pipeline.span
 `s.pipeline.timeline_figure()` draws it (written to `<run_dir>/pipeline_timeline.html` when the Session
 closes).
 
+Partial rollouts (`rollout.partial`): the pool generates in segments of `rollout.partial_segment` tokens and,
+between two, takes the newest weights the driver put in a `WeightMailbox`, so a generation that an update
+interrupts continues on the new weights (`Batch.token_policy_version` per token; the row's `policy_version`,
+which the bound checks, is its first token's).
+
 A checkpoint (`s.save()`) waits for the generations in flight and stores their batches, so a resumed run
 trains on exactly the batches the uninterrupted one would have (`save` / `load` below).
 """
@@ -78,6 +83,8 @@ class RolloutPipeline:
         self.in_flight: deque[InFlight] = deque()
         self.spans: list[dict[str, Any]] = []
         """What each pool did: {"pool", "what", "step", "start", "end"} with wall-clock seconds (time.time())."""
+        self.mailbox: Any = None
+        """Partial rollouts (`rollout.partial`): the `WeightMailbox` the pool reads between segments."""
         self._pending_loads: list[WorkerFuture] = []
         self._step_end: float | None = None  # wall time at which the previous pipelined step ended
         self._windows: deque[tuple[float, float]] = deque()  # wall-clock windows of the recent steps
@@ -91,7 +98,18 @@ class RolloutPipeline:
         per_node = min(devices, session.config.cluster.devices_per_node)
         pool = session.runtime.make_pool(nodes=max(1, devices // per_node), devices_per_node=per_node)
         spec = RoleSpec(RolloutWorker, kwargs=RolloutWorker.kwargs_from_config(model_cfg))
-        return cls(session, session.runtime.make_group({POOL: spec}, pool, name="rollout-pool"))
+        pipeline = cls(session, session.runtime.make_group({POOL: spec}, pool, name="rollout-pool"))
+        if session.config.rollout.partial:
+            from rlkit.rollout.pool import WeightMailbox
+
+            if session.backend == "ray":
+                import ray
+
+                pipeline.mailbox = ray.remote(WeightMailbox).options(num_cpus=0).remote()
+            else:  # one process: a pool call runs whole when submitted, so no push ever lands mid-generation
+                pipeline.mailbox = WeightMailbox()
+            pipeline.group[POOL].set_mailbox(pipeline.mailbox)
+        return pipeline
 
     # ------------------------------------------------------------------ the pipelined step
 
@@ -106,6 +124,9 @@ class RolloutPipeline:
         batch, reports = entry.batch.result(), entry.report.result()
         waited = time.perf_counter() - waited
         stale = s.policy_version - batch.policy_version  # (B,) updates each row is behind the trainer
+        token_stale = None  # partial rollouts: (valid tokens,) updates each token is behind
+        if batch.token_policy_version is not None:
+            token_stale = (s.policy_version - batch.token_policy_version)[batch.response_mask.bool()]
         self._record_generation(batch, reports)
         t0 = time.time()
         try:
@@ -124,6 +145,8 @@ class RolloutPipeline:
             s.last_batch = batch
             self.fill()  # push the new weights and submit the next generation before the bookkeeping
             s.monitor.current.update(self._step_stats(stale, waited, wall_start))
+            if token_stale is not None and token_stale.numel():
+                s.monitor.current["async/token_staleness_mean"] = float(token_stale.float().mean())
             return s.monitor.end_step(s.steps_done, time.perf_counter() - start, batch)
 
     def fill(self) -> None:
@@ -151,6 +174,9 @@ class RolloutPipeline:
         # Gathered from the trainer's shards on its rank 0, and read by the pool from Ray's object store: the
         # driver does not wait for it or hold a copy (a 540 MB state dict through the driver cost ~3 s a step).
         state = self.s.roles["actor"].full_state_dict.submit()
+        if self.mailbox is not None:  # partial rollouts: the generation running now takes them at its next segment
+            put = self.mailbox.put
+            (put.remote if hasattr(put, "remote") else put)(self.s.policy_version, state.forward(0))
         self._pending_loads.append(self.group[POOL].load_weights.submit(state.forward(0), self.s.policy_version))
         self.pool_version = self.s.policy_version
 

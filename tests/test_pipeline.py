@@ -183,6 +183,10 @@ def test_async_config_errors_name_the_field():
                             cluster={"backend": "local"})
     with pytest.raises(ConfigError, match=r"rollout.async_steps"):
         rlkit.Config.preset("arithmetic-tiny", rollout={"async_steps": -1})
+    with pytest.raises(ConfigError, match=r"rollout.partial.*needs rollout.async_steps >= 1"):
+        rlkit.Config.preset("arithmetic-tiny", rollout={"partial": True})
+    with pytest.raises(ConfigError, match=r"rollout.partial.*needs rollout.pool_devices = 1"):
+        rlkit.Config.preset("arithmetic-tiny", rollout={"partial": True, "async_steps": 1, "pool_devices": 2})
 
 
 def test_idle_fraction_by_hand():
@@ -205,3 +209,119 @@ def test_timeline_figure_has_a_bar_per_span(tmp_path):
     assert set(s.pipeline.idle_fractions()) == {"rollout", "trainer"}
     torch.testing.assert_close(torch.tensor(sorted(x["step"] for x in spans if x["what"] == "learn")),
                                torch.tensor([1, 2, 3]))
+
+
+# ------------------------------------------------------------------ partial rollouts
+
+
+def _rollout_group(model_dir, segment: int):
+    from rlkit.cluster import WorkerGroup
+
+    return WorkerGroup(None, {"rollout": RoleSpec(RolloutWorker, kwargs={"model": str(model_dir),
+                                                                         "partial_segment": segment})},
+                       backend="local")
+
+
+@pytest.fixture(scope="module")
+def char_tokenizer():
+    from rlkit.data import build_char_tokenizer
+
+    return build_char_tokenizer()
+
+
+def _prompts(char_tokenizer):
+    texts = ["12+34=", "7+8=", "51+6="]
+    ids = [char_tokenizer(t, add_special_tokens=False).input_ids for t in texts]
+    width = max(map(len, ids))
+    pad = char_tokenizer.pad_token_id
+    prompt_ids = torch.tensor([[pad] * (width - len(i)) + i for i in ids])
+    mask = torch.tensor([[0] * (width - len(i)) + [1] * len(i) for i in ids])
+    return rlkit.Batch.from_prompts(prompt_ids, mask, prompt_text=texts)
+
+
+def test_segments_equal_one_generate_while_the_weights_stay(tiny_model_dir, char_tokenizer):
+    from rlkit.rollout.sampling import SamplingParams
+
+    params = SamplingParams(n=2, temperature=0.0, max_new_tokens=7)
+    with _rollout_group(tiny_model_dir, 0) as whole, _rollout_group(tiny_model_dir, 2) as parts:
+        a = whole.rollout.generate(_prompts(char_tokenizer), params)
+        b = parts.rollout.generate(_prompts(char_tokenizer), params)
+    assert torch.equal(a.response_mask, b.response_mask[:, : a.response_mask.shape[1]])
+    assert torch.equal(a.response_ids * a.response_mask, (b.response_ids * b.response_mask)[:, : a.response_ids.shape[1]])
+    torch.testing.assert_close(a.rollout_logprobs, b.rollout_logprobs[:, : a.rollout_logprobs.shape[1]],
+                               atol=1e-5, rtol=0)  # the continuation's prefill recomputes what the cache held
+    assert b.response_text == a.response_text and b.token_policy_version.abs().sum() == 0
+    assert b.group_id.tolist() == a.group_id.tolist() == [0, 0, 1, 1, 2, 2]
+
+
+class NewWeightsAfterTheFirstSegment:
+    """A mailbox that holds version 1 (perturbed weights) from the start: the second segment takes them."""
+
+    def __init__(self, state):
+        self.state, self.reads = state, 0
+
+    def latest(self):
+        self.reads += 1
+        return 1, self.state
+
+
+def test_a_generation_continues_on_weights_that_arrive_between_segments(tiny_model_dir, char_tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    from rlkit.rollout.sampling import SamplingParams
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).eval()
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    params = SamplingParams(n=2, temperature=1.0, max_new_tokens=6, min_new_tokens=6)  # no row ends early
+    mailbox = NewWeightsAfterTheFirstSegment(state)
+    with _rollout_group(tiny_model_dir, 2) as group:
+        group.rollout.set_mailbox(mailbox)
+        out = group.rollout.generate(_prompts(char_tokenizer), params)
+        assert group.rollout.sampler_state()[0]["version"] == 1
+    assert mailbox.reads == 2  # before segments 2 and 3 (the second read finds nothing newer)
+    assert out.token_policy_version.tolist() == [[0, 0, 1, 1, 1, 1]] * 6
+    assert out.policy_version.tolist() == [0] * 6  # a row's version is its first token's
+    # The tokens after the switch were drawn from the new weights: their rollout log-probs are the perturbed
+    # model's, recomputed here by teacher forcing (and not the old model's).
+    for row in range(len(out)):
+        prompt = out.prompt_ids[row][out.prompt_mask[row].bool()]
+        ids = torch.cat([prompt, out.response_ids[row]]).unsqueeze(0)
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)
+        positions = torch.arange(len(prompt) - 1, len(prompt) - 1 + 6)
+        expected = logp[positions, out.response_ids[row]]
+        torch.testing.assert_close(out.rollout_logprobs[row, 2:], expected[2:], atol=1e-4, rtol=0)
+        assert (out.rollout_logprobs[row, :2] - expected[:2]).abs().max() > 1e-3  # the first segment: old weights
+
+
+class SlowSegments(RolloutWorker):
+    """Each segment of a partial rollout starts 80 ms late: updates land while a generation runs."""
+
+    def _take_mailbox_weights(self):
+        time.sleep(0.08)
+        super()._take_mailbox_weights()
+
+
+def test_partial_rollouts_take_weights_pushed_mid_generation(ray_cluster, tmp_path):
+    cfg = async_config(tmp_path, "partial", 1, cluster={"backend": "ray", "threads_per_worker": 1},
+                       rollout={"partial": True, "partial_segment": 1, "min_new_tokens": 4})
+    with rlkit.Session(cfg, **FNS) as s:
+        old = s.pipeline.group
+        kwargs = RolloutWorker.kwargs_from_config(cfg.override({"model.path": str(s.model_path)}))
+        old.close()
+        s.pipeline.group = s.runtime.make_group({"rollout": RoleSpec(SlowSegments, kwargs=kwargs)}, old.pool)
+        s.pipeline.group.rollout.set_mailbox(s.pipeline.mailbox)
+        mixed = 0
+        for _ in range(6):
+            stats = s.step()
+            versions = s.last_batch.token_policy_version
+            assert torch.equal(s.last_batch.policy_version, versions[:, 0])
+            assert bool((versions[:, 1:] >= versions[:, :-1]).all())  # never an older version later in a row
+            assert int(versions.max()) <= s.policy_version - 1  # nothing newer than the trainer that learned it
+            assert stats["async/staleness_max"] <= 1 and stats["async/token_staleness_mean"] <= 1
+            mixed += int((versions.max(-1).values > versions.min(-1).values).any())
+    assert mixed >= 2  # generations really continued on newer weights

@@ -67,6 +67,14 @@ class RolloutConfig:
     and `s.learn()` called as cells stay synchronous. See `rlkit.pipeline`."""
     pool_devices: int = 1
     """Ranks (devices; on CPU, worker processes) of the rollout pool when `rollout.async_steps >= 1`."""
+    partial: bool = False
+    """Partial rollouts (needs `async_steps >= 1`, Ray backend): the pool generates in segments of
+    `partial_segment` new tokens and takes weights the trainer pushed meanwhile between two segments, so a
+    generation that a weight update interrupts continues on the new weights instead of finishing on the old
+    ones; every token records the version that drew it (`Batch.token_policy_version`). Without it, a pushed
+    update waits for the generations already submitted."""
+    partial_segment: int = 16
+    """New tokens per segment of a partial rollout (`rollout.partial`)."""
     vllm_gpu_memory_utilization: float = 0.5
     """Fraction of GPU memory vLLM may take (weights + KV cache); the rest stays with the trainer."""
     vllm_tensor_parallel_size: int = 1

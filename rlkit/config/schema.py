@@ -425,7 +425,7 @@ class Config:
                     "actor.total_steps", "actor.mini_batch_size", "actor.micro_batch_size", "actor.ppo_epochs",
                     "critic.micro_batch_size", "cluster.nodes", "cluster.devices_per_node",
                     "cluster.threads_per_worker", "cluster.num_cpus", "logging.log_every", "reward.num_workers",
-                    "rollout.pool_devices"):
+                    "rollout.pool_devices", "rollout.partial_segment"):
             c.at_least(key, 1)
         for key in ("data.eval_size", "rollout.temperature", "rollout.top_k", "actor.warmup_steps",
                     "actor.weight_decay", "actor.entropy_coef", "critic.warmup_steps", "algo.clip_high",
@@ -509,6 +509,12 @@ class Config:
         if r.async_steps and r.engine != "hf":
             c.fail("rollout.async_steps", r.async_steps, f'needs rollout.engine = "hf" (it is {r.engine!r}): the '
                    "rollout pool runs the hf engine; vLLM on a pool of its own is not built yet")
+        if r.partial and not r.async_steps:
+            c.fail("rollout.partial", True, "needs rollout.async_steps >= 1 (partial rollouts continue a generation "
+                   "on weights pushed to the rollout pool while it runs)")
+        if r.partial and r.pool_devices != 1:
+            c.fail("rollout.partial", True, f"needs rollout.pool_devices = 1 (it is {r.pool_devices}): ranks would "
+                   "take mailbox weights at different segments")
         if r.async_steps and self.cluster.backend == "local" and r.pool_devices != 1:
             c.fail("rollout.pool_devices", r.pool_devices, "must be 1 with cluster.backend = 'local' (one process)")
         if self.cluster.backend == "local" and self.cluster.address is not None:
