@@ -17,8 +17,9 @@ prompts drawn again on current weights, so no prompt is lost or used twice.
 
 What is measured every step: `async/staleness_mean`, `async/staleness_max` and `async/staleness_<j>` (the
 fraction of rows j versions old); `pipeline/wait_seconds` (the trainer waiting for rollouts);
-`pipeline/trainer_idle_frac` (of this step) and `pipeline/rollout_idle_frac` (of the step k + 1 steps
-before: the pool's spans come back with the batches they made). `s.pipeline.spans` holds what each pool did when, and
+`pipeline/trainer_idle_frac` and `pipeline/trainer_busy_seconds` (of this step), `pipeline/rollout_idle_frac` and
+`pipeline/rollout_busy_seconds` (of the step k + 1 steps before: the pool's spans come back with the batches
+they made); the dashboard draws both per step. `s.pipeline.spans` holds what each pool did when, and
 `s.pipeline.timeline_figure()` draws it (written to `<run_dir>/pipeline_timeline.html` when the Session
 closes).
 
@@ -230,12 +231,15 @@ class RolloutPipeline:
         now = time.time()
         window = (self._step_end if self._step_end is not None else wall_start, now)
         out["pipeline/trainer_idle_frac"] = idle_fraction(self.spans, TRAINER, *window)
+        out["pipeline/trainer_busy_seconds"] = (1 - out["pipeline/trainer_idle_frac"]) * (window[1] - window[0])
         self._windows.append(window)
         self._step_end = now
         # The pool's spans come back with the batches they made, and a batch is taken bound + 1 steps after it
         # was submitted: the pool's record of a step's window is complete that many steps later.
         if len(self._windows) > self.bound + 1:
-            out["pipeline/rollout_idle_frac"] = idle_fraction(self.spans, POOL, *self._windows.popleft())
+            start, end = self._windows.popleft()
+            out["pipeline/rollout_idle_frac"] = idle_fraction(self.spans, POOL, start, end)
+            out["pipeline/rollout_busy_seconds"] = (1 - out["pipeline/rollout_idle_frac"]) * (end - start)
         return out
 
     def idle_fractions(self) -> dict[str, float]:

@@ -60,6 +60,18 @@ def test_one_step_off_trains_each_batch_one_version_behind(tmp_path):
     assert all(h["rollout_corr/kl"] > 1e-4 for h in history[1:])
     assert all(0 <= h["pipeline/trainer_idle_frac"] <= 1 for h in history)
     assert "pipeline/rollout_idle_frac" not in history[1] and 0 <= history[2]["pipeline/rollout_idle_frac"] <= 1
+    assert all(0 <= h["pipeline/trainer_busy_seconds"] <= h["time/step"] + 0.05 for h in history)
+
+
+def test_the_dashboard_draws_the_pipeline_per_step():
+    from rlkit.monitor.dashboard import PANELS, panel_for
+
+    for key, label in (("pipeline/rollout_idle_frac", "rollout"), ("pipeline/trainer_busy_seconds", "trainer"),
+                       ("async/staleness_max", "max"), ("rollout_corr/kl", "kl")):
+        index, found = panel_for(key)
+        assert found == label, key
+    titles = {PANELS[panel_for(k)[0]].title for k in ("pipeline/rollout_busy_seconds", "async/staleness_mean")}
+    assert titles == {"pool busy per step (s)", "staleness (policy versions)"}
 
 
 class DelayedRollouts(RolloutWorker):

@@ -56,6 +56,7 @@ PANELS: tuple[Panel, ...] = (
     Panel("rollout vs trainer", r"rollout_corr/(?P<label>kl|ratio_max)"),
     Panel("staleness (policy versions)", r"async/staleness_(?P<label>mean|max)"),
     Panel("pool idle fraction", r"pipeline/(?P<label>rollout|trainer)_idle_frac"),
+    Panel("pool busy per step (s)", r"pipeline/(?P<label>rollout|trainer)_busy_seconds"),
 )
 _COMPILED = tuple(re.compile(panel.pattern) for panel in PANELS)
 
