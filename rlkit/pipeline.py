@@ -156,8 +156,8 @@ class RolloutPipeline:
         while len(self.in_flight) < self.bound + 1:
             self.submit(self.s.next_prompts())
 
-    def submit(self, prompts: Batch, *, front: bool = False) -> None:
-        """Queue a generation of `prompts` on the pool (at the back, or the front of the queue)."""
+    def submit(self, prompts: Batch) -> None:
+        """Queue a generation of `prompts` on the pool, behind those in flight."""
         from rlkit.session_support import sampling_params
 
         if self.pool_version != self.s.policy_version:
@@ -167,7 +167,7 @@ class RolloutPipeline:
         entry = InFlight(prompts, handle.generate.submit(prompts, sampling_params(self.s.config.rollout)),
                          handle.pop_report.submit(), self._pending_loads)
         self._pending_loads = []
-        (self.in_flight.appendleft if front else self.in_flight.append)(entry)
+        self.in_flight.append(entry)
 
     def push_weights(self) -> None:
         """Send the actor's current weights to every pool rank as version `s.policy_version` (queued behind the
