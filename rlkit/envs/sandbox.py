@@ -1,0 +1,76 @@
+"""Run model-written Python in a subprocess with a time and a memory limit (a tool for code environments).
+
+The child is a fresh `python -I` (isolated: no user site, no PYTHON* variables) in a temporary working
+directory, with its address space capped by `RLIMIT_AS` (POSIX) and killed after `timeout_s`. It is a
+guard against runaway code, not a security boundary: the child can still read files and open sockets.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+
+_MAX_OUTPUT = 10_000  # characters of stdout / stderr kept
+
+
+@dataclass
+class SandboxResult:
+    """What the code did: its output, and why it ended when it did not end normally."""
+
+    stdout: str
+    stderr: str
+    returncode: int | None
+    """The exit status (None when it was killed for the time limit)."""
+    timed_out: bool = False
+    out_of_memory: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0 and not self.timed_out
+
+    def as_text(self) -> str:
+        """What to show the model."""
+        if self.timed_out:
+            return "Error: the code ran past its time limit and was stopped."
+        if self.out_of_memory:
+            return "Error: the code ran out of its memory limit (MemoryError)."
+        if self.returncode != 0:
+            return f"Error (exit {self.returncode}):\n{self.stderr.strip()}"
+        return self.stdout
+
+
+# Run in the child before the user's code: cap the address space, then run the script as __main__. (Not a
+# preexec_fn: that is unsafe when the parent has threads, as a Ray driver does.)
+_PRELUDE = """import resource, runpy, sys
+limit = int(sys.argv[1])
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+sys.argv = sys.argv[2:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def run_python(code: str, *, timeout_s: float = 5.0, memory_mb: int = 512) -> SandboxResult:
+    """Run `code` as a script; stdout and stderr are captured (cut to 10,000 characters each)."""
+    if timeout_s <= 0 or memory_mb <= 0:
+        raise ValueError(f"run_python: timeout_s ({timeout_s}) and memory_mb ({memory_mb}) must be > 0")
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONDONTWRITEBYTECODE": "1"}
+    with tempfile.TemporaryDirectory(prefix="rlkit-sandbox-") as cwd:
+        script = os.path.join(cwd, "main.py")
+        with open(script, "w", encoding="utf-8") as f:
+            f.write(code)
+        try:
+            done = subprocess.run([sys.executable, "-I", "-c", _PRELUDE, str(memory_mb * 2**20), script], cwd=cwd,
+                                  env=env, capture_output=True, text=True, timeout=timeout_s,
+                                  stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired as err:
+            out = err.stdout.decode(errors="replace") if isinstance(err.stdout, bytes) else (err.stdout or "")
+            return SandboxResult(out[:_MAX_OUTPUT], "", None, timed_out=True)
+    stderr = done.stderr[-_MAX_OUTPUT:]
+    return SandboxResult(done.stdout[:_MAX_OUTPUT], stderr, done.returncode,
+                         out_of_memory="MemoryError" in stderr)
+
+
+__all__ = ["SandboxResult", "run_python"]
