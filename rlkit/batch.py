@@ -46,6 +46,8 @@ RESPONSE_FIELDS = (  # (B, T), right-padded, aligned with response_ids
     "advantages",
     "returns",
     "token_policy_version",
+    "loss_mask",
+    "turn_rewards",
 )
 ROW_FIELDS = ("scores", "costs", "baseline_scores", "group_id", "policy_version")  # (B,)
 TEXT_FIELDS = ("prompt_text", "response_text", "ground_truth", "data_source", "extra_info")  # list of B entries
@@ -53,7 +55,7 @@ TEXT_FIELDS = ("prompt_text", "response_text", "ground_truth", "data_source", "e
 PROMPT_TEXT_FIELDS = ("prompt_text", "ground_truth", "data_source", "extra_info")
 TENSOR_FIELDS = PROMPT_FIELDS + RESPONSE_FIELDS + ROW_FIELDS
 ALL_FIELDS = TENSOR_FIELDS + TEXT_FIELDS
-_INTEGER_FIELDS = ("prompt_ids", "response_ids", "group_id", "policy_version", "token_policy_version")
+_INTEGER_FIELDS = ("prompt_ids", "response_ids", "group_id", "policy_version", "token_policy_version", "loss_mask")
 
 
 # `shadow=True`: the field name `values` is also a TensorDict method name; the
@@ -77,6 +79,12 @@ class Batch:
     advantages: Optional[torch.Tensor] = None  # (B, T) float: advantage estimate per response token
     returns: Optional[torch.Tensor] = None  # (B, T) float: return targets for the critic
     token_policy_version: Optional[torch.Tensor] = None  # (B, T) long: version that drew each token (partial rollouts)
+    # Multi-turn rollouts (rlkit.envs): the response is the whole trajectory after the first prompt, the policy's
+    # turns and the environment's (tool results, feedback) interleaved. `response_mask` still marks every real
+    # token (the models attend to all of them); `loss_mask` marks the policy's own sampled tokens, the only
+    # ones trained on (`policy_mask()`: loss_mask when set, else response_mask).
+    loss_mask: Optional[torch.Tensor] = None  # (B, T) long: 1 on tokens the policy sampled, 0 on environment tokens and padding
+    turn_rewards: Optional[torch.Tensor] = None  # (B, T) float: each environment step's reward on the last token of the policy turn it answered
 
     # --- per row: (B,) ---
     scores: Optional[torch.Tensor] = None  # (B,) float: sequence-level reward (reward fn or reward model)
@@ -173,6 +181,11 @@ class Batch:
                 raise ValueError(f"Batch.{name} has {len(value)} entries for B={size} rows")
         return self
 
+    def policy_mask(self) -> torch.Tensor:
+        """(B, T): 1 on the response tokens the policy is trained on: `loss_mask` in a multi-turn batch
+        (environment tokens are context, not actions), else `response_mask`."""
+        return self.loss_mask if self.loss_mask is not None else self.response_mask
+
     def num_tokens(self) -> int:
         """Valid (unmasked) prompt tokens + valid response tokens over the whole batch."""
         total = 0
@@ -256,8 +269,10 @@ class Batch:
         index = torch.cat([torch.arange(size), torch.full((pad,), size - 1)])
         out = self[index]  # a copy: editing its mask leaves self untouched
         if out.response_mask is not None:
-            # Padding rows must carry no loss weight: losses sum over response_mask.
+            # Padding rows must carry no loss weight: losses sum over response_mask (loss_mask when multi-turn).
             out.response_mask[size:] = 0
+        if out.loss_mask is not None:
+            out.loss_mask[size:] = 0
         return out, pad
 
     def unpad(self, pad: int) -> "Batch":

@@ -54,6 +54,7 @@ class Session:
         reward_fn: Any = None,
         cost_fn: Any = None,
         eval_fn: Any = None,
+        env: Any = None,
         _resume: Any = None,
     ):
         """
@@ -67,13 +68,17 @@ class Session:
             ground_truth, extra_info)`, sync or async, returning a number or a dict with "score" whose
             other keys are logged as `reward/<key>` (rlkit.rewards; run on `reward.num_workers` threads).
         eval_fn: the rule `evaluate()` scores with (default: the reward rule, or the task's with a reward model).
+        env: an environment for multi-turn rollouts (`rlkit.envs.Env`: a class, or any zero-argument callable
+            returning a fresh one per episode), instead of the built-in `env.name`; its rewards score the
+            episodes (`rlkit.envs.rollout`).
         (`Session.resume` passes `_resume`, the checkpoint to restore: use that classmethod.)
         """
         self._resume_plan = _resume
         self._holding = False  # inside a block that holds Ctrl-C back (rlkit.interrupts)
         self._inconsistent: str | None = None  # why this Session can no longer continue safely
         build_workers = config is not None
-        self._given_fns = {"reward_fn": reward_fn, "cost_fn": cost_fn, "eval_fn": eval_fn, "algorithm": algorithm}
+        self._given_fns = {"reward_fn": reward_fn, "cost_fn": cost_fn, "eval_fn": eval_fn, "algorithm": algorithm,
+                           "env": env}
         config = Config() if config is None else config
         config.validate()  # configs are mutable: re-check what a notebook may have edited
         cluster = config.cluster
@@ -94,14 +99,14 @@ class Session:
         if not build_workers:
             return
         try:
-            self._build(algorithm, reward_fn, cost_fn, eval_fn)
+            self._build(algorithm, reward_fn, cost_fn, eval_fn, env)
         except BaseException:
             self.close()  # never leave half-built worker processes behind
             raise
 
     # ------------------------------------------------------------------ build
 
-    def _build(self, algorithm, reward_fn, cost_fn, eval_fn=None) -> None:
+    def _build(self, algorithm, reward_fn, cost_fn, eval_fn=None, env=None) -> None:
         from rlkit.monitor.session_monitor import SessionMonitor
         from rlkit.rollout.hybrid import HybridActor
         from rlkit.data.stream import PromptStream, load_driver_tokenizer, resolve_model, task_rules
@@ -123,6 +128,11 @@ class Session:
         self.tokenizer = load_driver_tokenizer(self.model_path, cfg.model.tokenizer_path)
         self.prompts = PromptStream(cfg, self.tokenizer)
         """Train/eval prompt splits and the cursor over the training prompts."""
+        from rlkit.envs.rollout import env_rollout_for
+
+        self.env = env_rollout_for(cfg, env, self.tokenizer)
+        """The multi-turn rollout (`rlkit.envs.EnvRollout`) when an environment is given (`env=` or `env.name`),
+        else None: `rollout` then samples one response per prompt."""
         rules = task_rules(cfg)
         self.reward_fn = reward_fn or rules[0]
         self.eval_fn = eval_fn or (rules[0] if cfg.model.reward_model_path else self.reward_fn)
@@ -199,7 +209,12 @@ class Session:
         Rows keep their prompt's `group_id` = the prompt's row index in `prompts`, and carry the policy version
         that drew them (`policy_version`: updates applied so far)."""
         params = sampling_params(self.config.rollout, n=n, greedy=greedy)
-        out = self.roles["actor"].generate(prompts.replace(group_id=torch.arange(len(prompts))), params)
+        prompts = prompts.replace(group_id=torch.arange(len(prompts)))
+        if self.env is not None:  # episodes with the environment, the engine called once per turn
+            out = self.env.rollout(self.roles["actor"].generate, prompts, params)
+            self.monitor.current.update(self.env.last_stats)
+        else:
+            out = self.roles["actor"].generate(prompts, params)
         return out.replace(policy_version=torch.full((len(out),), self.policy_version, dtype=torch.long))
 
     def score(self, batch: Batch) -> Batch:
@@ -235,7 +250,9 @@ class Session:
         computed = {}
         if "scores" in fields:  # driver-side rules overlap with the worker calls in flight
             where = f"step {self.steps_done + 1}"  # reward errors name the step, the row and its prompt
-            if "reward" not in self.roles:
+            if batch.turn_rewards is not None and "reward" not in self.roles:  # episodes: the environment's rewards
+                computed["scores"] = batch.turn_rewards.sum(-1)
+            elif "reward" not in self.roles:
                 computed["scores"], extras = rule_scores_and_extras(batch, self.reward_fn, self.tokenizer,
                                                                     reward=self.config.reward, where=where)
                 if extras:  # into the step's stats line (stats.jsonl)
@@ -494,40 +511,21 @@ class Session:
         """Greedy accuracy and mean reward on the eval split (and pass@k with k samples per prompt when k > 0).
 
         Scored with `self.eval_fn`: `Session(eval_fn=...)` when given, else the rule that trains the policy
-        (`reward_fn`, `reward.path`, or the task's), else (a reward model trains it) the task's own rule.
-        A sample counts as correct when its score is above 0.5 (rules that return 1 or 0).
-        Returns {"eval/accuracy", "eval/reward"} (and "eval/pass@k")."""
-        from rlkit.monitor.progress import progress_bar
+        (`reward_fn`, `reward.path`, or the task's), else (a reward model trains it) the task's own rule. With an
+        environment, greedy episodes scored by their summed rewards. A sample counts as correct when its score
+        is above 0.5 (rules that return 1 or 0). Returns {"eval/accuracy", "eval/reward"} (and "eval/pass@k");
+        see `rlkit.evaluation`."""
+        from rlkit.evaluation import evaluate_session
+
+        return evaluate_session(self, num_prompts=num_prompts, k=k)
+
+    def _eval_scores(self, batch: Batch, where: str) -> torch.Tensor:
+        """(B,) what `evaluate` counts: an episode's summed environment rewards, else the eval rule's score."""
         from rlkit.workers.reward_model import rule_scores
 
-        if num_prompts is not None and num_prompts < 1:
-            raise ValueError(f"Session.evaluate: num_prompts = {num_prompts}, no eval prompts to evaluate")
-        prompts = self.prompts.eval_batch(num_prompts)
-        # Chunks of one rollout batch (samples, not prompts) keep memory what training uses, and let a
-        # progress bar move on a large eval split.
-        per_chunk = max(1, self.config.rollout_batch_size // max(k, 1))
-        starts = range(0, len(prompts), per_chunk)
-        greedy_parts: list[Batch] = []
-        solved = torch.zeros(len(prompts), dtype=torch.bool)
-        with self.monitor.stage("eval") as rec:
-            for start in progress_bar(starts, desc="eval", leave=False, disable=len(starts) < 2):
-                chunk = prompts.select(list(range(start, min(start + per_chunk, len(prompts)))))
-                part = self.rollout(chunk, greedy=True)
-                greedy_parts.append(part.replace(scores=rule_scores(part, self.eval_fn, self.tokenizer,
-                                                                    reward=self.config.reward, where="evaluate")))
-                if k:
-                    sampled = self.rollout(chunk, n=k)
-                    correct = rule_scores(sampled, self.eval_fn, self.tokenizer, reward=self.config.reward,
-                                          where=f"evaluate pass@{k}") > 0.5
-                    solved[sampled.group_id[correct] + start] = True  # group ids count within the chunk
-            greedy = Batch.concat(greedy_parts)
-            out = {"eval/accuracy": float((greedy.scores > 0.5).float().mean()),
-                   "eval/reward": float(greedy.scores.float().mean())}
-            if k:
-                out[f"eval/pass@{k}"] = float(solved.float().mean())
-            rec.update(stats=out, batch=greedy)
-        self.monitor.log_eval(self.steps_done, out)
-        return out
+        if batch.turn_rewards is not None:
+            return batch.turn_rewards.sum(-1)
+        return rule_scores(batch, self.eval_fn, self.tokenizer, reward=self.config.reward, where=where)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -587,7 +585,8 @@ class Session:
     def _check_batch_fits(self, batch: Batch, stage: str) -> None:
         # A batch saved by another run (Batch.load) must fail here with the mismatch named,
         # not as an index error deep inside a worker's embedding lookup.
-        check_batch_fits(batch, stage, vocab_size=self.vocab_size, max_new_tokens=self.config.rollout.max_new_tokens)
+        budget = self.config.env.max_tokens if self.env is not None else self.config.rollout.max_new_tokens
+        check_batch_fits(batch, stage, vocab_size=self.vocab_size, max_new_tokens=budget)
 
     def __repr__(self) -> str:
         algo = getattr(getattr(self, "algo", None), "name", None)

@@ -60,13 +60,13 @@ class DAPO:
         fields = [f for f in self.spec.prepare_fields if f != "scores" or batch.scores is None]
         batch = s.compute(batch, *fields)
         if self.cfg.algo.overlong_buffer:
-            lengths = batch.response_mask.sum(-1)
+            lengths = batch.policy_mask().sum(-1)
             penalty = core.overlong_penalty(
                 lengths, self.cfg.rollout.max_new_tokens, self.cfg.algo.overlong_buffer, self.cfg.algo.overlong_penalty
             )
             batch = batch.replace(scores=batch.scores + penalty.to(batch.scores.dtype))
         scores = advantage_scores(batch, self.spec, self.cfg.algo)  # (B,), KL-penalised under kl_in_reward
-        adv = core.grpo_advantages(scores, batch.group_id, batch.response_mask)
+        adv = core.grpo_advantages(scores, batch.group_id, batch.policy_mask())
         return batch.replace(advantages=adv)
 
 

@@ -40,7 +40,7 @@ class GRPO:
     def prepare(self, s, batch):
         batch = s.compute(batch, *self.spec.prepare_fields)
         scores = advantage_scores(batch, self.spec, self.cfg.algo)  # (B,), KL-penalised under kl_in_reward
-        adv = core.grpo_advantages(scores, batch.group_id, batch.response_mask, norm_by_std=self.norm_by_std)
+        adv = core.grpo_advantages(scores, batch.group_id, batch.policy_mask(), norm_by_std=self.norm_by_std)
         return batch.replace(advantages=adv)
 
 

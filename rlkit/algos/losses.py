@@ -45,7 +45,7 @@ class PolicyLoss:
 
     def __call__(self, outputs: dict, mb, global_tokens: float, global_seqs: float):
         logprobs, entropy = outputs["logprobs"], outputs["entropy"]  # (b, T) each
-        mask = mb.response_mask.to(logprobs.device)
+        mask = mb.policy_mask().to(logprobs.device)  # (b, T): the policy's own tokens
         # No old_logprobs: one on-policy optimizer step (actor.skip_old_logprobs), old = current, detached.
         old = mb.old_logprobs.to(logprobs.device) if mb.old_logprobs is not None else logprobs.detach()
         adv = mb.advantages.to(logprobs.device)

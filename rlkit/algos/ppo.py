@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from rlkit.algos import core, rollout_correction
+from rlkit.algos.shaping import token_level_rewards
 from rlkit.algos.base import AlgorithmSpec, kl_spec
 from rlkit.algos.losses import PolicyLoss
 
@@ -41,15 +42,15 @@ class PPO:
         kl = None
         if self.spec.needs_reference:
             kl = core.kl_penalty(batch.old_logprobs, batch.ref_logprobs, "k1")  # (B, T)
-        rewards = core.kl_reward(batch.scores, batch.response_mask, kl=kl, coef=self.kl_ctl.value)
-        adv, ret = core.gae(rewards, batch.values, batch.response_mask, self.cfg.algo.gamma, self.cfg.algo.lam)
-        adv = core.masked_whiten(adv, batch.response_mask)
+        rewards = token_level_rewards(batch, kl, self.kl_ctl.value)  # (B, T)
+        adv, ret = core.gae(rewards, batch.values, batch.policy_mask(), self.cfg.algo.gamma, self.cfg.algo.lam)
+        adv = core.masked_whiten(adv, batch.policy_mask())
         return batch.replace(token_rewards=rewards, advantages=adv, returns=ret)
 
     def after_learn(self, s, batch, stats):
         if batch.ref_logprobs is None:
             return {}
-        kl = core.masked_mean(core.kl_penalty(batch.old_logprobs, batch.ref_logprobs, "k1"), batch.response_mask)
+        kl = core.masked_mean(core.kl_penalty(batch.old_logprobs, batch.ref_logprobs, "k1"), batch.policy_mask())
         self.kl_ctl.update(float(kl), len(batch))
         return {"actor/kl_coef": self.kl_ctl.value}
 

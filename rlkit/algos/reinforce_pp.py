@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from rlkit.algos import core, rollout_correction
+from rlkit.algos.shaping import token_level_rewards
 from rlkit.algos.base import AlgorithmSpec, kl_spec
 from rlkit.algos.losses import PolicyLoss
 
@@ -33,8 +34,8 @@ class ReinforcePP:
         kl = None
         if self.spec.needs_reference:
             kl = core.kl_penalty(batch.old_logprobs, batch.ref_logprobs, "k1")
-        rewards = core.kl_reward(batch.scores, batch.response_mask, kl=kl, coef=self.cfg.algo.kl_coef)
-        adv, ret = core.reinforce_pp_advantages(rewards, batch.response_mask, gamma=self.cfg.algo.gamma)
+        rewards = token_level_rewards(batch, kl, self.cfg.algo.kl_coef)  # (B, T)
+        adv, ret = core.reinforce_pp_advantages(rewards, batch.policy_mask(), gamma=self.cfg.algo.gamma)
         return batch.replace(token_rewards=rewards, advantages=adv, returns=ret)
 
 

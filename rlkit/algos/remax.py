@@ -41,7 +41,7 @@ class ReMax:
         batch = s.compute(batch, *self.spec.prepare_fields)
         # Under kl_in_reward the sampled response pays its KL; the greedy baseline's score is kept as is.
         scores = advantage_scores(batch, self.spec, self.cfg.algo)  # (B,)
-        adv = core.remax_advantages(scores, batch.baseline_scores, batch.response_mask)
+        adv = core.remax_advantages(scores, batch.baseline_scores, batch.policy_mask())
         return batch.replace(advantages=adv)
 
 

@@ -32,7 +32,7 @@ class RLOO:
     def prepare(self, s, batch):
         batch = s.compute(batch, *self.spec.prepare_fields)
         scores = advantage_scores(batch, self.spec, self.cfg.algo)  # (B,), KL-penalised under kl_in_reward
-        return batch.replace(advantages=core.rloo_advantages(scores, batch.group_id, batch.response_mask))
+        return batch.replace(advantages=core.rloo_advantages(scores, batch.group_id, batch.policy_mask()))
 
 
 ALGORITHM = RLOO

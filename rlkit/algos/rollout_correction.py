@@ -199,10 +199,10 @@ def batch_metrics(batch: Any, correction: RolloutCorrection | None = None) -> di
     Empty when the batch lacks `rollout_logprobs` or `old_logprobs` (`actor.skip_old_logprobs`)."""
     if batch.rollout_logprobs is None or batch.old_logprobs is None:
         return {}
-    out = mismatch_metrics(batch.old_logprobs, batch.rollout_logprobs, batch.response_mask)
+    out = mismatch_metrics(batch.old_logprobs, batch.rollout_logprobs, batch.policy_mask())
     if correction is not None:
-        weights = correction.loss_weights(batch.old_logprobs, batch.rollout_logprobs, batch.response_mask)
-        out.update({f"rollout_corr/{k}": v for k, v in correction.weight_stats(weights, batch.response_mask).items()})
+        weights = correction.loss_weights(batch.old_logprobs, batch.rollout_logprobs, batch.policy_mask())
+        out.update({f"rollout_corr/{k}": v for k, v in correction.weight_stats(weights, batch.policy_mask()).items()})
     return {key: float(value) for key, value in out.items()}
 
 

@@ -42,8 +42,8 @@ class SafeRLHF:
             raise ValueError("safe_rlhf needs costs: set data.source to a task with a cost rule or model.cost_model_path")
         norm = self.cfg.algo.norm_adv_by_std
         scores = advantage_scores(batch, self.spec, self.cfg.algo)  # (B,): the KL penalty is on the reward only
-        adv_r = core.grpo_advantages(scores, batch.group_id, batch.response_mask, norm_by_std=norm)
-        adv_c = core.grpo_advantages(batch.costs, batch.group_id, batch.response_mask, norm_by_std=norm)
+        adv_r = core.grpo_advantages(scores, batch.group_id, batch.policy_mask(), norm_by_std=norm)
+        adv_c = core.grpo_advantages(batch.costs, batch.group_id, batch.policy_mask(), norm_by_std=norm)
         return batch.replace(advantages=core.safe_rlhf_advantages(adv_r, adv_c, self.lagrange))
 
     def after_learn(self, s, batch, stats):

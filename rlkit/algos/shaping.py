@@ -20,7 +20,19 @@ def advantage_scores(batch, spec, algo_cfg, scores: Tensor | None = None) -> Ten
     if spec.kl_in != "reward":
         return scores
     kl = core.kl_penalty(batch.old_logprobs, batch.ref_logprobs, algo_cfg.kl_kind)  # (B, T)
-    return core.kl_penalized_scores(scores, kl, batch.response_mask, algo_cfg.kl_coef)
+    return core.kl_penalized_scores(scores, kl, batch.policy_mask(), algo_cfg.kl_coef)
+
+
+def token_level_rewards(batch, kl: Tensor | None, coef: float) -> Tensor:
+    """(B, T) token rewards of the token-level estimators (PPO, REINFORCE++), minus `coef * kl` on the trained
+    tokens. A single-turn batch: the score on its last token (`core.kl_reward`). A multi-turn batch
+    (`batch.turn_rewards`, rlkit.envs): each environment step's reward on the last token of the policy turn it
+    answered, so the return credits every turn with what came after it."""
+    mask = batch.policy_mask()
+    if batch.turn_rewards is None:
+        return core.kl_reward(batch.scores, mask, kl=kl, coef=coef)
+    zero = batch.turn_rewards.new_zeros(len(batch))  # (B,): the KL part alone, then the rewards where they fell
+    return core.kl_reward(zero, mask, kl=kl, coef=coef) + batch.turn_rewards * mask.to(batch.turn_rewards.dtype)
 
 
 def policy_learn_fields(spec_kl_in: str | None, *extra: str) -> tuple[str, ...]:

@@ -27,12 +27,12 @@ from rlkit.config.args import add_config_args, config_from_args, config_help, pa
 from rlkit.config.io import ConfigError, field_docs
 from rlkit.config.presets import PRESETS
 from rlkit.config.schema import (
-    ActorConfig, AlgoConfig, ClusterConfig, Config, CriticConfig, DataConfig, LoggingConfig, ModelConfig,
-    RewardConfig, RolloutConfig,
+    ActorConfig, AlgoConfig, ClusterConfig, Config, CriticConfig, DataConfig, EnvConfig, LoggingConfig,
+    ModelConfig, RewardConfig, RolloutConfig,
 )
 
 __all__ = [
-    "ConfigError", "Config", "ModelConfig", "DataConfig", "RewardConfig", "RolloutConfig", "ActorConfig", "CriticConfig",
-    "AlgoConfig", "ClusterConfig", "LoggingConfig", "PRESETS", "add_config_args", "config_from_args",
+    "ConfigError", "Config", "ModelConfig", "DataConfig", "RewardConfig", "RolloutConfig", "EnvConfig", "ActorConfig",
+    "CriticConfig", "AlgoConfig", "ClusterConfig", "LoggingConfig", "PRESETS", "add_config_args", "config_from_args",
     "config_help", "field_docs",
 ]

@@ -1,4 +1,4 @@
-"""The reinforcement-learning sections of the run configuration: `rollout` and `algo`.
+"""The reinforcement-learning sections of the run configuration: `rollout`, `env` and `algo`.
 
 Kept apart from `rlkit/config/schema.py` (the other sections, `Config` and its checks), which imports
 them; `import rlkit.config` still imports no torch.
@@ -131,3 +131,25 @@ class AlgoConfig:
     """Lower edge of the rollout_mask band (<= 1)."""
     rollout_mask_high: float = 2.0
     """Upper edge of the rollout_mask band (>= 1)."""
+
+
+@dataclass(kw_only=True)
+class EnvConfig:
+    name: str | None = None
+    """A built-in environment (`rlkit.envs.builtin`: "guess_number", "calculator") for multi-turn rollouts, or
+    None: single-turn rollouts, unless `Session(cfg, env=MyEnv)` gives an environment of your own."""
+    max_turns: int = 4
+    """Most policy turns per episode (an episode the environment has not ended by then is truncated)."""
+    max_tokens: int = 256
+    """Token budget of an episode after its opening prompt: the policy's and the environment's tokens together
+    (the trained response is at most this long). Each turn also stops at rollout.max_new_tokens."""
+    step_timeout_s: float | None = 30.0
+    """Deadline of one `reset` or `step` call, in seconds (None: wait for ever)."""
+    num_workers: int = 8
+    """Environments stepped side by side (threads); 1 with no timeout steps them in the calling thread."""
+    on_error: str = "end"
+    """When an environment raises, times out or answers something that is not a StepResult: "end" ends that
+    episode where it is (reward so far, counted in env/errors and env/timeouts) and the run goes on; "raise"
+    stops the stage with the error, which names the environment, the sample and the turn."""
+    observation_role: str = "user"
+    """The chat role of an observation returned as a string ("user", or "tool" for templates that have it)."""

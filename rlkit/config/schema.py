@@ -18,10 +18,10 @@ from rlkit.config.io import (
     ConfigError, _apply, _build, _check_types, _load_yaml, _plain, _to_yaml,
 )
 from rlkit.config.presets import PRESETS
-from rlkit.config.rl_sections import AlgoConfig, RolloutConfig
+from rlkit.config.rl_sections import AlgoConfig, EnvConfig, RolloutConfig
 
 __all__ = [
-    "Config", "ModelConfig", "DataConfig", "RolloutConfig", "ActorConfig", "CriticConfig", "AlgoConfig",
+    "Config", "ModelConfig", "DataConfig", "RolloutConfig", "EnvConfig", "ActorConfig", "CriticConfig", "AlgoConfig",
     "ClusterConfig", "LoggingConfig", "RewardConfig",
 ]
 
@@ -301,6 +301,8 @@ class Config:
     """The rule that scores responses (when no reward model does): your function, its convention, threads."""
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     """Generation."""
+    env: EnvConfig = field(default_factory=EnvConfig)
+    """Multi-turn rollouts with an environment (off unless env.name or Session(env=...) gives one)."""
     actor: ActorConfig = field(default_factory=ActorConfig)
     """Optimisation of the policy."""
     critic: CriticConfig = field(default_factory=CriticConfig)
@@ -425,7 +427,8 @@ class Config:
                     "actor.total_steps", "actor.mini_batch_size", "actor.micro_batch_size", "actor.ppo_epochs",
                     "critic.micro_batch_size", "cluster.nodes", "cluster.devices_per_node",
                     "cluster.threads_per_worker", "cluster.num_cpus", "logging.log_every", "reward.num_workers",
-                    "rollout.pool_devices", "rollout.partial_segment"):
+                    "rollout.pool_devices", "rollout.partial_segment", "env.max_turns", "env.max_tokens",
+                    "env.num_workers"):
             c.at_least(key, 1)
         for key in ("data.eval_size", "rollout.temperature", "rollout.top_k", "actor.warmup_steps",
                     "actor.weight_decay", "actor.entropy_coef", "critic.warmup_steps", "algo.clip_high",
@@ -435,7 +438,7 @@ class Config:
                     "rollout.async_steps"):
             c.at_least(key, 0)
         for key in ("actor.lr", "critic.lr", "actor.grad_clip", "critic.grad_clip", "critic.value_clip", "actor.lora_alpha",
-                    "algo.kl_target", "reward.timeout_s", "algo.rollout_is_cap"):
+                    "algo.kl_target", "reward.timeout_s", "algo.rollout_is_cap", "env.step_timeout_s"):
             c.greater(key, 0)
         c.greater("algo.dual_clip", 1)  # dual-clip PPO needs c > 1 (Ye et al. 2020)
         for key in ("rollout.top_p", "rollout.vllm_gpu_memory_utilization"):
@@ -456,10 +459,11 @@ class Config:
                              ("cluster.backend", ("ray", "local")), ("cluster.placement", ("colocate", "split", "auto")),
                              ("cluster.device", ("auto", "cpu", "cuda")),
                              ("logging.wandb_mode", ("online", "offline", "disabled")),
-                             ("reward.style", ("auto", "rlkit", "verl"))):
+                             ("reward.style", ("auto", "rlkit", "verl")), ("env.on_error", ("end", "raise"))):
             c.one_of(key, choices)
         for key in ("model.preset", "data.source", "data.prompt_key", "data.answer_key", "cluster.address",
-                    "logging.run_dir", "logging.run_name", "logging.wandb_project", "reward.path"):
+                    "logging.run_dir", "logging.run_name", "logging.wandb_project", "reward.path", "env.name",
+                    "env.observation_role"):
             c.non_empty(key)
         c.check("reward.name", lambda v: all(part.isidentifier() for part in v.split(".")),
                 "must be a Python name (or a dotted attribute path like 'Scorer.score')")
@@ -517,6 +521,15 @@ class Config:
                    "take mailbox weights at different segments")
         if r.async_steps and self.cluster.backend == "local" and r.pool_devices != 1:
             c.fail("rollout.pool_devices", r.pool_devices, "must be 1 with cluster.backend = 'local' (one process)")
+        if self.env.name is not None and r.async_steps:
+            c.fail("rollout.async_steps", r.async_steps, f"needs env.name = None (it is {self.env.name!r}): the "
+                   "rollout pool generates single-turn responses; multi-turn episodes run synchronously")
+        if self.env.name is not None:
+            from rlkit.envs.builtin import BUILTIN_ENVS  # lazy: imports no torch
+
+            if self.env.name not in BUILTIN_ENVS:
+                c.fail("env.name", self.env.name, "must be a built-in environment: " + ", ".join(
+                    repr(n) for n in BUILTIN_ENVS) + " (your own: rlkit.Session(cfg, env=MyEnv))")
         if self.cluster.backend == "local" and self.cluster.address is not None:
             c.fail("cluster.address", self.cluster.address, "needs cluster.backend = 'ray'")
         # the algorithm's own checks: its name is known and the config gives it what its spec asks for

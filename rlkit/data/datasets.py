@@ -173,9 +173,10 @@ def _load_builtin(name: str, split: str, num_rows: int | None, task_kwargs: dict
     spec = get_task(name)
     task = spec.make(task_kwargs)
     problems = task.problems(spec.default_rows[split] if num_rows is None else num_rows, split)
-    return _to_dataset(
-        {"prompt": [p["prompt"] for p in problems], "ground_truth": [p["ground_truth"] for p in problems]}
-    )
+    columns = {"prompt": [p["prompt"] for p in problems], "ground_truth": [p["ground_truth"] for p in problems]}
+    if problems and "extra_info" in problems[0]:  # as JSON text, like a file's extra_info column
+        columns["extra_info"] = [_check_extra_info(p["extra_info"], f"{name} row {i}") for i, p in enumerate(problems)]
+    return _to_dataset(columns)
 
 
 def _open_source(source: Any) -> tuple[datasets.Dataset | datasets.DatasetDict | list[_Record], str]:

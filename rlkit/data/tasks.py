@@ -13,7 +13,7 @@ from typing import Any, Callable
 RuleFn = Callable[[str, Any, bool], float]
 
 # The modules that define a `TASK`; a new built-in task adds its module here.
-_TASK_MODULES = ("rlkit.data.arithmetic", "rlkit.data.chat_sums")
+_TASK_MODULES = ("rlkit.data.arithmetic", "rlkit.data.chat_sums", "rlkit.envs.guess_number", "rlkit.envs.calculator")
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,8 @@ class BuiltinTask:
     description: str
     """One line for listings and errors."""
     make: Callable[[dict[str, Any]], Any]
-    """Keyword arguments -> the task object, whose `problems(n, split)` gives {"prompt", "ground_truth"} dicts."""
+    """Keyword arguments -> the task object, whose `problems(n, split)` gives {"prompt", "ground_truth"} dicts
+    (and "extra_info", a dict, where the task has more to say about a row)."""
     kwargs_from_data: Callable[[Any], dict[str, Any]]
     """The task's keyword arguments read from a `DataConfig` (e.g. digits, operators, seed)."""
     reward: RuleFn

@@ -36,12 +36,14 @@ CHARACTERS = tuple(chr(c) for c in range(32, 127)) + ("\n",)
 # A minimal chat template over the role tokens:
 #   [{"role": "user", "content": "37+48="}] + generation prompt -> "<|user|>37+48=<|assistant|>"
 # An assistant turn ends with <|eos|>, the token generation stops at.
+# A "tool" message (a tool's result in a multi-turn episode, rlkit.envs) is written as a user turn: the
+# vocabulary has no tool role token.
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
-    "{% if message['role'] not in ['system', 'user', 'assistant'] %}"
-    "{{ raise_exception('chat role must be system, user or assistant, got ' + message['role']) }}"
+    "{% if message['role'] not in ['system', 'user', 'assistant', 'tool'] %}"
+    "{{ raise_exception('chat role must be system, user, assistant or tool, got ' + message['role']) }}"
     "{% endif %}"
-    "<|{{ message['role'] }}|>{{ message['content'] }}"
+    "<|{{ 'user' if message['role'] == 'tool' else message['role'] }}|>{{ message['content'] }}"
     "{% if message['role'] == 'assistant' %}<|eos|>{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"

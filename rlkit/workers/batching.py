@@ -146,8 +146,9 @@ def last_token_index(batch: Batch, prompt_len: int) -> torch.Tensor:
 
 
 def count_tokens_and_seqs(batch: Batch) -> tuple[float, float]:
-    """Valid response tokens and rows with at least one of them (padding rows count for neither)."""
-    mask = batch.response_mask
+    """Trained response tokens (`policy_mask()`: the policy's own in a multi-turn batch) and rows with at least
+    one of them (padding rows count for neither)."""
+    mask = batch.policy_mask()
     return float(mask.sum()), float((mask.sum(-1) > 0).sum())
 
 

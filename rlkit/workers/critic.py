@@ -52,7 +52,7 @@ def clipped_value_loss(clip: float | None, agg: str = "token-mean") -> LossFn:
             outputs["values"],
             mb.values.to(device),
             mb.returns.to(device),
-            mb.response_mask.to(device),
+            mb.policy_mask().to(device),  # values are trained on the policy's tokens only
             clip=clip,
             agg=agg,
             global_tokens=global_tokens,
