@@ -283,6 +283,105 @@ def test_token_view_names_missing_fields(char_tokenizer):
         batch.old_logprobs[1].tolist()  # falls back to the trainer's log-probs
 
 
+def make_multi_turn_batch(tokenizer) -> Batch:
+    """Two episodes laid out as `EnvRollout` lays them out, built by hand.
+
+    row 0: policy "5<eos>" | env "<|user|>higher<|assistant|>" | policy "7<eos>"  (12 tokens, 8 of them env)
+    row 1: policy "3<eos>" | padding                                               (one turn)
+    Step rewards -0.25 and 1 end row 0's two turns, 1 ends row 1's. The environment columns hold
+    garbage log-probs (-7.5) and advantages (50): the view and the table must ignore them.
+    """
+    eos = tokenizer.eos_token_id
+
+    def enc(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False).input_ids
+
+    turns = [[(enc("5") + [eos], 1), (enc("<|user|>higher<|assistant|>"), 0), (enc("7") + [eos], 1)],
+             [(enc("3") + [eos], 1)]]
+    step_rewards = [[-0.25, 1.0], [1.0]]
+    width = 13  # one padding column in row 0
+    response_ids = torch.full((2, width), tokenizer.pad_token_id)
+    response_mask = torch.zeros(2, width, dtype=torch.long)
+    loss_mask = torch.zeros(2, width, dtype=torch.long)
+    turn_rewards = torch.zeros(2, width)
+    rollout = torch.zeros(2, width)
+    advantages = torch.zeros(2, width)
+    for i, row in enumerate(turns):
+        pos, rewards = 0, iter(step_rewards[i])
+        for ids, policy in row:
+            span = slice(pos, pos + len(ids))
+            response_ids[i, span], response_mask[i, span], loss_mask[i, span] = torch.tensor(ids), 1, policy
+            rollout[i, span] = -0.5 if policy else -7.5
+            advantages[i, span] = 1.0 + i if policy else 50.0
+            pos += len(ids)
+            if policy:
+                turn_rewards[i, pos - 1] = next(rewards)
+    prompts = ["guess 1-9:", "guess 1-3:"]
+    enc_prompts = tokenizer(prompts, padding=True, padding_side="left", return_tensors="pt")
+    return Batch.from_prompts(enc_prompts.input_ids, enc_prompts.attention_mask, prompt_text=prompts).replace(
+        response_ids=response_ids, response_mask=response_mask, loss_mask=loss_mask, turn_rewards=turn_rewards,
+        rollout_logprobs=rollout, old_logprobs=rollout - 0.1, advantages=advantages,
+        scores=turn_rewards.sum(-1), response_text=["5", "3"],
+    )
+
+
+def _token_kinds(page: str) -> list[str]:
+    """The token view's pieces in order: "tok" (policy), "tok env" (environment) or "reward" (a badge)."""
+    return re.findall(r'<span class="(tok env|tok|reward)"', page)
+
+
+def test_token_view_marks_environment_tokens_and_turn_rewards(char_tokenizer):
+    batch = make_multi_turn_batch(char_tokenizer)
+    env = batch.response_mask.bool() & ~batch.loss_mask.bool()  # (B, T)
+    assert env[0].sum() == 8 and env[1].sum() == 0
+    page = token_view_html(batch, char_tokenizer, row=0, color_by="logprob_gap")
+    # every valid position in order: policy or environment token, then a badge where a step reward fell
+    expected = []
+    for t in range(batch.response_mask.shape[1]):
+        if batch.response_mask[0, t]:
+            expected.append("tok env" if env[0, t] else "tok")
+        if batch.turn_rewards[0, t] != 0:
+            expected.append("reward")
+    assert _token_kinds(page) == expected
+    assert _token_kinds(page).count("tok env") == 8 and _token_kinds(page).count("reward") == 2
+    env_tips = re.findall(r'class="tok env" title="([^"]*)"', page)
+    assert len(env_tips) == 8 and all("environment / tool token" in tip for tip in env_tips)
+    assert not any("logprob_gap" in tip or "weight" in tip for tip in env_tips)  # not sampled: no gap
+    assert "&#x27;h&#x27; id=79 environment" in env_tips[1]  # the tooltip names the token
+    assert "environment / tool tokens (not trained)" in page and "8 of 12 tokens" in page
+    badges = re.findall(r'<span class="reward" title="([^"]*)"[^>]*>([^<]*)</span>', page)
+    assert [text for _, text in badges] == ["r=-0.25", "r=1"]
+    assert "policy turn 1" in badges[0][0] and "policy turn 2" in badges[1][0]
+    tips = _tooltips(page)  # policy tokens only: "5", eos, "7", eos
+    assert len(tips) == 4 and "turn 1 reward=-0.25" in tips[1] and "turn 2 reward=1" in tips[3]
+    # the scale and stats ignore the environment's -7.5 log-probs
+    logprob_page = token_view_html(batch, char_tokenizer, row=0, color_by="logprob")
+    assert "policy tokens: min -0.5, mean -0.5, max -0.5" in logprob_page and "-7.5" not in logprob_page
+    # a one-turn row of a multi-turn batch: no environment token, one badge
+    assert _token_kinds(token_view_html(batch, char_tokenizer, row=1)) == ["tok", "tok", "reward"]
+
+
+def test_single_turn_token_view_has_no_environment_markup(char_tokenizer):
+    batch = make_batch(char_tokenizer)
+    for color_by in ("logprob", "advantage", "logprob_gap", "is_weight"):
+        page = token_view_html(batch, char_tokenizer, 1, color_by)
+        assert set(_token_kinds(page)) == {"tok"} and len(_tooltips(page)) == 3
+        assert "environment" not in page and 'class="reward"' not in page and "policy tokens:" not in page
+    assert "policy_tokens" not in batch_table_html(batch) and "turns" not in batch_table_rows(batch)[0]
+
+
+def test_batch_table_of_a_multi_turn_batch(char_tokenizer):
+    batch = make_multi_turn_batch(char_tokenizer)
+    rows = batch_table_rows(batch)
+    assert [r["length"] for r in rows] == [12, 2]  # policy and environment tokens
+    assert [r["policy_tokens"] for r in rows] == [4, 2]
+    assert [r["turns"] for r in rows] == [2, 1]
+    assert [r["advantage"] for r in rows] == [1.0, 2.0]  # over trained tokens: the env columns' 50 is left out
+    assert [r["score"] for r in rows] == [0.75, 1.0]
+    page = batch._repr_html_()
+    assert "<th>policy_tokens</th>" in page and "<th>turns</th>" in page and "2 rows" in page
+
+
 class _StairModel(torch.nn.Module):
     """At position p the next-token distribution is uniform over the first p+1 of 8 tokens: entropy log(p+1)."""
 

@@ -6,6 +6,12 @@
 - `token_view_html(batch, tokenizer, row, color_by=...)`: each response token of one row
   on a colour scale of its log-prob, entropy, advantage, rollout/trainer log-prob gap or importance
   weight pi_old / pi_rollout (the ratio `algo.rollout_is` truncates; stale rows of asynchronous runs).
+
+Multi-turn batches (`Batch.loss_mask` set, `rlkit.envs`): `response_ids` interleaves the policy's turns
+with the environment's. The token view draws environment / tool tokens grey and italic, uncoloured and
+outside the colour scale (the policy did not sample them: they have no log-prob, gap or weight of their
+own), and puts a badge `r=...` after the token that carries a step reward (`Batch.turn_rewards`);
+the table adds `policy_tokens` and `turns` per row.
 """
 
 from __future__ import annotations
@@ -44,6 +50,13 @@ def _valid_mask(batch, row: Optional[int] = None) -> torch.Tensor:
     return mask if row is None else mask[row]
 
 
+def _policy_turns(policy: torch.Tensor) -> torch.Tensor:
+    """(B,) number of policy turns per row: runs of 1s in a (B, T) 0/1 `loss_mask`."""
+    policy = policy.long()
+    starts = policy[:, 1:] > policy[:, :-1]  # (B, T-1): a policy token after a non-policy one
+    return policy[:, :1].sum(-1) + starts.sum(-1)
+
+
 def _ids_text(ids: torch.Tensor, mask: Optional[torch.Tensor]) -> str:
     valid = ids if mask is None else ids[mask.bool()]
     return "ids " + str(valid.tolist())
@@ -62,17 +75,23 @@ def _text(batch, row: int, text_field: str, ids_field: str, mask_field: str) -> 
 
 def batch_table_rows(batch, max_rows: Optional[int] = 16) -> list[dict[str, Any]]:
     """The first `max_rows` rows (None: all) as plain dicts with keys `row`, `prompt`, `response`,
-    `score`, `advantage` (mean over valid response tokens), `length` (valid response tokens), and
-    `cost` / `ground_truth` / `group` when the batch has them. Absent values are None."""
+    `score`, `advantage` (mean over the trained tokens: `Batch.policy_mask()`), `length` (valid
+    response tokens: in a multi-turn batch, policy and environment tokens), and `cost` /
+    `ground_truth` / `group` when the batch has them; a multi-turn batch (`loss_mask` set) adds
+    `policy_tokens` (tokens the policy sampled) and `turns` (policy turns). Absent values are None."""
     size = len(batch)
     count = size if max_rows is None else min(size, max_rows)
     has_response = batch.response_mask is not None or batch.response_ids is not None
     mask = _valid_mask(batch).float() if has_response else None  # (B, T)
     lengths = mask.sum(-1) if mask is not None else None  # (B,)
+    # Multi-turn: only the policy's own tokens are trained; environment tokens are context.
+    policy = batch.loss_mask.float() * mask if batch.loss_mask is not None and mask is not None else mask
+    trained = policy.sum(-1) if policy is not None else None  # (B,)
+    turns = _policy_turns(policy) if batch.loss_mask is not None and policy is not None else None  # (B,)
     adv_mean = None
-    if batch.advantages is not None and mask is not None:
-        # Mean over real tokens only: padding holds zeros (or garbage) that must not dilute it.
-        adv_mean = (batch.advantages.float() * mask).sum(-1) / lengths.clamp(min=1)  # (B,)
+    if batch.advantages is not None and policy is not None:
+        # Mean over trained tokens only: padding and environment tokens hold zeros (or garbage) that must not dilute it.
+        adv_mean = (batch.advantages.float() * policy).sum(-1) / trained.clamp(min=1)  # (B,)
     rows = []
     for r in range(count):
         item: dict[str, Any] = {
@@ -80,9 +99,12 @@ def batch_table_rows(batch, max_rows: Optional[int] = 16) -> list[dict[str, Any]
             "prompt": _text(batch, r, "prompt_text", "prompt_ids", "prompt_mask"),
             "response": _text(batch, r, "response_text", "response_ids", "response_mask"),
             "score": None if batch.scores is None else float(batch.scores[r]),
-            "advantage": None if adv_mean is None or lengths[r] == 0 else float(adv_mean[r]),
+            "advantage": None if adv_mean is None or trained[r] == 0 else float(adv_mean[r]),
             "length": None if lengths is None else int(lengths[r]),
         }
+        if turns is not None:
+            item["policy_tokens"] = int(trained[r])
+            item["turns"] = int(turns[r])
         if batch.costs is not None:
             item["cost"] = float(batch.costs[r])
         if batch.ground_truth is not None:
@@ -107,7 +129,8 @@ def _cell(value: Any, is_text: bool) -> str:
 def batch_table_html(batch, max_rows: int = 16) -> str:
     """An HTML table of the first `max_rows` rows (see `batch_table_rows`) under a one-line summary."""
     rows = batch_table_rows(batch, max_rows=max_rows)
-    columns = ["row", "prompt", "response", "ground_truth", "score", "cost", "advantage", "length", "group"]
+    columns = ["row", "prompt", "response", "ground_truth", "score", "cost", "advantage", "length",
+               "policy_tokens", "turns", "group"]
     columns = [c for c in columns if any(c in r and r[c] is not None for r in rows)]
     fields = ", ".join(batch.present_fields()) if hasattr(batch, "present_fields") else ""
     shown = f"first {len(rows)} of {len(batch)} rows" if len(rows) < len(batch) else f"{len(batch)} rows"
@@ -227,11 +250,30 @@ def _token_strings(tokenizer, ids: list[int]) -> list[str]:
     return [tokenizer.decode([i], skip_special_tokens=False) for i in ids]
 
 
+# Multi-turn rows: environment / tool tokens and step-reward badges (inline styles, so that a
+# single-turn view's HTML, and its shared CSS, stay exactly as they were).
+_ENV_STYLE = "background:#e4e4e4;color:#666;font-style:italic"
+_REWARD_STYLE = ("color:#fff;font-size:75%;font-style:normal;border-radius:6px;padding:0 4px;margin:0 2px;"
+                 "background:")  # + green (reward >= 0) or red
+ENV_LEGEND = "environment / tool tokens (not trained)"
+
+
+def _reward_badge(reward: float, turn: int) -> str:
+    tip = f"reward {reward:.4g} of the environment step that answered policy turn {turn}"
+    colour = "#2e7d32" if reward >= 0 else "#c62828"
+    return f'<span class="reward" title="{html.escape(tip)}" style="{_REWARD_STYLE}{colour}">r={reward:.4g}</span>'
+
+
 def token_view_html(batch, tokenizer, row: int = 0, color_by: str = "logprob", *,
                     entropy: Optional[torch.Tensor] = None, model: Optional[torch.nn.Module] = None) -> str:
     """HTML of row `row`: its prompt (grey), then every real response token on a colour scale of
     `color_by` (see `token_values`), with token, id and value in a tooltip. `tokenizer` decodes
-    each token on its own (None: show ids)."""
+    each token on its own (None: show ids).
+
+    Multi-turn rows (`Batch.loss_mask` set): environment / tool tokens (`loss_mask` 0) are drawn
+    grey and italic (`class="tok env"`), with no value: the policy did not sample them, and the colour
+    scale and the min/mean/max are over the policy's tokens only. Every nonzero `Batch.turn_rewards`
+    entry gets a badge `r=...` after its token (the last token of the policy turn the step answered)."""
     values = token_values(batch, row, color_by, entropy=entropy, model=model)  # (T,)
     ids = _need(batch, "response_ids", color_by)[row]
     mask = _valid_mask(batch, row).cpu()  # (T,)
@@ -242,20 +284,39 @@ def token_view_html(batch, tokenizer, row: int = 0, color_by: str = "logprob", *
         )
     valid_ids = ids.cpu()[mask].tolist()
     valid_values = values[mask]
-    finite = valid_values[torch.isfinite(valid_values)]
+    multi_turn = batch.loss_mask is not None
+    # (N,) over the valid tokens: True where the environment wrote the token, not the policy.
+    is_env = (batch.loss_mask[row].cpu()[mask] == 0) if multi_turn else torch.zeros(len(valid_ids), dtype=torch.bool)
+    rewards = batch.turn_rewards[row].float().cpu()[mask].tolist() if batch.turn_rewards is not None else None
+    sampled = valid_values[~is_env]  # the scale and stats describe the policy's own tokens
+    finite = sampled[torch.isfinite(sampled)]
     magnitude = finite.clamp(min=1e-30).log() if color_by == "is_weight" else finite  # weights: around 1
     scale = float(magnitude.abs().max()) if finite.numel() else 0.0
-    pieces = []
-    for token, token_id, value in zip(_token_strings(tokenizer, valid_ids), valid_ids, valid_values.tolist()):
-        tip = f"{token!r} id={token_id} {color_by}={value:.4g}"
-        if color_by == "logprob":
-            tip += f" p={math.exp(value):.3g}"
-        elif color_by == "logprob_gap":
-            tip += f" weight pi_old/pi_rollout={math.exp(-value):.4g}"
-        pieces.append(
-            f'<span class="tok" title="{html.escape(tip)}" '
-            f'style="background:{token_color(value, scale, color_by)}">{html.escape(token)}</span>'
-        )
+    pieces, turn, previous_env = [], 0, True
+    for k, (token, token_id, value) in enumerate(zip(_token_strings(tokenizer, valid_ids), valid_ids,
+                                                     valid_values.tolist())):
+        env = bool(is_env[k])
+        turn += int(previous_env and not env)  # a policy turn starts after the prompt or an environment turn
+        previous_env = env
+        reward = rewards[k] if rewards is not None else 0.0
+        if env:
+            tip = f"{token!r} id={token_id} environment / tool token: not sampled by the policy, not trained"
+            pieces.append(f'<span class="tok env" title="{html.escape(tip)}" style="{_ENV_STYLE}">'
+                          f"{html.escape(token)}</span>")
+        else:
+            tip = f"{token!r} id={token_id} {color_by}={value:.4g}"
+            if color_by == "logprob":
+                tip += f" p={math.exp(value):.3g}"
+            elif color_by == "logprob_gap":
+                tip += f" weight pi_old/pi_rollout={math.exp(-value):.4g}"
+            if reward != 0:
+                tip += f" turn {turn} reward={reward:.4g}"
+            pieces.append(
+                f'<span class="tok" title="{html.escape(tip)}" '
+                f'style="background:{token_color(value, scale, color_by)}">{html.escape(token)}</span>'
+            )
+        if reward != 0:
+            pieces.append(_reward_badge(reward, turn))
     prompt = _text(batch, row, "prompt_text", "prompt_ids", "prompt_mask") or ""
     legend = {
         "logprob": "red = unlikely token (log-prob near the row's minimum)",
@@ -270,10 +331,21 @@ def token_view_html(batch, tokenizer, row: int = 0, color_by: str = "logprob", *
         f"min {float(finite.min()):.4g}, mean {float(finite.mean()):.4g}, max {float(finite.max()):.4g}"
         if finite.numel() else "no tokens"
     )
+    if multi_turn:
+        stats = f"policy tokens: {stats}"
     body = "".join(pieces) if pieces else '<i style="color:#999">(empty response)</i>'
+    turn_legend = ""
+    if multi_turn or rewards is not None:
+        turn_legend = (
+            f'<div><span style="{_ENV_STYLE}">{html.escape(ENV_LEGEND)}</span> '
+            f"({int(is_env.sum())} of {len(valid_ids)} tokens) · "
+            f'<span style="{_REWARD_STYLE}#2e7d32">r=…</span> reward of an environment step, after the policy turn it '
+            f"answered ({turn} policy turns)</div>"
+        )
     return (
         f"{_TABLE_CSS}<div><b>row {row}</b> · colour by <b>{html.escape(color_by)}</b> "
         f"({html.escape(legend)}; {stats}; full colour at |{'log ' * (color_by == 'is_weight')}v| = {scale:.4g})</div>"
+        f"{turn_legend}"
         f'<div class="rlkit-tokens"><span style="color:#888;border-right:2px solid #bbb;margin-right:3px">'
         f"{html.escape(prompt)}</span>{body}</div>"
     )
