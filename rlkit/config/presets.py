@@ -34,6 +34,31 @@ _CHAT_SUMS_SMOLLM2: dict[str, Any] = {
     "algo": {"name": "grpo", "kl_coef": 0.0},
 }
 
+# Multi-turn environments (rlkit.envs) on the tiny model. They start from a warm start, not from a random model:
+# `rlkit.envs.warmup.warm_start_for(cfg, folder)` fine-tunes the preset's model on a scripted player's episodes
+# and returns the folder to set as model.path (BENCHMARKS.md "Multi-turn environments" has the measurements).
+_GUESS_NUMBER_TINY: dict[str, Any] = {
+    "model": {"preset": "qwen2-tiny", "dtype": "float32"},
+    "data": {"source": "guess_number", "digits": 1, "train_size": 1024, "eval_size": 128, "max_prompt_len": 16,
+             "use_chat_template": True},
+    "env": {"name": "guess_number", "max_turns": 3, "max_tokens": 48},
+    "rollout": {"prompts_per_step": 16, "n": 8, "temperature": 1.0, "max_new_tokens": 4},
+    "actor": {"lr": 1e-4, "mini_batch_size": 128, "micro_batch_size": 128, "grad_clip": 1.0},
+    "critic": {"lr": 1e-3, "micro_batch_size": 128},
+    "algo": {"name": "grpo", "kl_coef": 0.0},
+}
+_CALCULATOR_TINY: dict[str, Any] = {
+    "model": {"preset": "qwen2-tiny", "dtype": "float32"},
+    "data": {"source": "calculator", "digits": 2, "train_size": 2048, "eval_size": 128, "max_prompt_len": 32,
+             "use_chat_template": True},
+    # a tool call is ~75 characters (tokens, for the char tokenizer), then the result and the answer
+    "env": {"name": "calculator", "max_turns": 3, "max_tokens": 160},
+    "rollout": {"prompts_per_step": 16, "n": 8, "temperature": 0.7, "max_new_tokens": 80},
+    "actor": {"lr": 1e-4, "mini_batch_size": 128, "micro_batch_size": 64, "grad_clip": 1.0},
+    "critic": {"lr": 1e-3, "micro_batch_size": 64},
+    "algo": {"name": "grpo", "kl_coef": 0.0},
+}
+
 PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "arithmetic-tiny": ("qwen2-tiny (~0.2M params) on 2-digit addition, GRPO, 16 prompts x 4 samples (about a second per step on CPU)",
                         _ARITH_TINY),
@@ -57,4 +82,10 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "chat-sums-smollm2": ("SmolLM2-135M-Instruct (`make real-model`) on sums asked in words, GRPO, 8 prompts x 8 "
                           "samples of 20 tokens, lr 3e-6, no KL: the real-model recipe of BENCHMARKS.md",
                           _CHAT_SUMS_SMOLLM2),
+    "guess-number-tiny": ("qwen2-tiny plays guess-the-number (1-7, three guesses, higher/lower answers) in the "
+                          "guess_number environment, GRPO, 16 games x 8; start from warm_start_for(cfg, folder)",
+                          _GUESS_NUMBER_TINY),
+    "calculator-tiny": ("qwen2-tiny multiplies 2-digit numbers with a multiply tool (Hermes <tool_call> format) in the "
+                        "calculator environment, GRPO, 16 problems x 8; start from warm_start_for(cfg, folder)",
+                        _CALCULATOR_TINY),
 }

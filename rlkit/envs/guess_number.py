@@ -1,9 +1,10 @@
 """Guess the number: the policy names a number, the environment says "higher" or "lower", until it is found.
 
-A game that only feedback can win: a policy that ignores the answers finds the number from 1 to 7 in three
-guesses 3/7 of the time at best (without repeats; 37% guessing uniformly), and one that bisects always finds
-it (1 + 2 + 4 = 7 numbers reachable in three guesses). So success rising past the blind rate is learning to
-read the environment's turns. The range is 1 to 2^(data.digits + 2) - 1: bisection needs digits + 2 guesses.
+A game that only feedback can win. The answer to a wrong guess names the direction and the numbers still
+possible ("higher 5-7"): a policy that ignores it finds a number from 1 to 7 within three guesses 37% of the
+time (guessing uniformly), one that guesses inside the range it is told 68%, and one that bisects always (1 +
+2 + 4 = 7 numbers reachable in three guesses). So success rising past the blind rate is learning to read the
+environment's turns. The range is 1 to 2^(data.digits + 2) - 1: bisection needs digits + 2 guesses.
 
 The task of the same name (`data.source = "guess_number"`) makes the rows: the prompt "Guess 1-7", the secret
 number as ground truth and the range in extra_info. Its single-turn reward (no environment) scores one guess.
@@ -16,6 +17,7 @@ import re
 from dataclasses import dataclass
 
 from rlkit.envs.base import StepResult
+from rlkit.envs.builtin import WarmStart
 
 _NUMBER = re.compile(r"-?\d+")
 
@@ -32,15 +34,49 @@ class GuessNumber:
     def reset(self, sample: dict) -> str:
         self.target = int(sample["ground_truth"])
         self.high = int((sample.get("extra_info") or {}).get("high", 7))
+        self.low_left, self.high_left = 1, self.high  # the numbers still possible
         return f"Guess 1-{self.high}"
 
     def step(self, action_text: str) -> StepResult:
         guess = first_number(action_text)
         if guess is None or not 1 <= guess <= self.high:
-            return StepResult(f"1-{self.high}", info={"invalid": 1})
+            return StepResult(f"{self.low_left}-{self.high_left}", info={"invalid": 1})
         if guess == self.target:
             return StepResult(None, reward=1.0, done=True)
-        return StepResult("higher" if guess < self.target else "lower")
+        if guess < self.target:
+            self.low_left = max(self.low_left, guess + 1)
+            return StepResult(f"higher {self.low_left}-{self.high_left}")
+        self.high_left = min(self.high_left, guess - 1)
+        return StepResult(f"lower {self.low_left}-{self.high_left}")
+
+
+def scripted_guesser(rng: random.Random, informed: float = 0.0):
+    """A scripted policy for warm starts (`rlkit.envs.warmup`): at each turn, with probability `informed` a
+    number inside the range the last answer gave, else a uniformly random one in 1..high whatever the answer
+    said. `informed = 0` teaches the format and none of the strategy; a little more gives RL a policy that
+    reads the answers sometimes, which it can learn to do always."""
+    def act(history: list) -> str:
+        low, high = 1, int(re.search(r"1-(\d+)", str(history[0])).group(1))
+        told = re.search(r"(\d+)-(\d+)", str(history[-1])) if len(history) > 1 else None
+        if told and rng.random() < informed and int(told.group(1)) <= int(told.group(2)):
+            low, high = int(told.group(1)), int(told.group(2))
+        return str(rng.randint(low, high))
+
+    return act
+
+
+def blind_guesser(rng: random.Random):
+    """`scripted_guesser` that never reads the answers."""
+    return scripted_guesser(rng, informed=0.0)
+
+
+def _half_informed(rng: random.Random):
+    return scripted_guesser(rng, informed=0.5)
+
+
+WARM_START = WarmStart(script=_half_informed, steps=1000)
+"""The tiny presets' starting point: a player that reads the answer half the time (52% of games won sampling,
+55% greedy). RL learns to read it always: greedy success 55% -> 88% in 60 GRPO steps (BENCHMARKS.md)."""
 
 
 @dataclass(frozen=True)
@@ -77,4 +113,4 @@ def _task():
 
 TASK = _task()
 
-__all__ = ["GuessNumber", "GuessNumberTask", "first_number", "one_guess_reward", "TASK"]
+__all__ = ["WARM_START", "GuessNumber", "GuessNumberTask", "blind_guesser", "scripted_guesser", "first_number", "one_guess_reward", "TASK"]
