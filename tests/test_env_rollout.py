@@ -323,6 +323,55 @@ def test_plain_text_turns_without_a_chat_template(session):
         enc.next([{"role": "user", "content": "x"}], turn_ended=True)
 
 
+def test_tool_schemas_reach_the_chat_template(session):
+    """An environment's `tools` go to the template's `tools=`: here a template that lists their names."""
+    from rlkit.data.tokenizer import build_char_tokenizer
+    from rlkit.envs.calculator import Calculator
+
+    tok = build_char_tokenizer()
+    tok.chat_template = ("{% if tools %}<|system|>tools: {% for t in tools %}{{ t['function']['name'] }}"
+                         "{% endfor %}{% endif %}" + tok.chat_template)
+    runner = EnvRollout(Calculator, tok, EnvConfig(), chat=True)
+    assert tok.decode(runner.encoder.first("37*48=")) == "<|system|>tools: multiply<|user|>37*48=<|assistant|>"
+
+
+def test_a_warm_start_episode_is_laid_out_as_a_rollout_lays_it_out(session):
+    """`rlkit.envs.warmup.encode_episode` (what the warm start trains on) equals the ids and loss mask that
+    `EnvRollout` builds when the engine samples the same actions."""
+    from rlkit.batch import Batch
+    from rlkit.envs.warmup import encode_episode, play
+
+    tok = session.tokenizer
+    assistant = tok.convert_tokens_to_ids("<|assistant|>")
+
+    def act(history):  # guesses 1, 2, 3 ...
+        return str(len(history) // 2 + 1)
+
+    def scripted_generate(prompts, params):  # the same actions as token ids, turn = <|assistant|> tokens seen
+        rows = []
+        for ids, mask in zip(prompts.prompt_ids, prompts.prompt_mask):
+            turn = int((ids[mask.bool()] == assistant).sum())
+            rows.append(tok(str(turn), add_special_tokens=False)["input_ids"] + [tok.eos_token_id])
+        width = max(map(len, rows))
+        out = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            out[i, :len(r)] = torch.tensor(r)
+        return prompts.replace(response_ids=out, response_mask=(out != 0).long(),
+                               rollout_logprobs=torch.zeros(out.shape))
+
+    runner = EnvRollout(GuessNumber, tok, EnvConfig(max_turns=3, max_tokens=48), chat=True)
+    prompts = session.prompts.eval_batch(3)
+    batch = runner.rollout(scripted_generate, prompts.replace(group_id=torch.arange(3)),
+                           sampling_params(session.config.rollout, n=1))
+    for row in range(3):
+        sample = {"ground_truth": prompts.ground_truth[row], "extra_info": prompts.extra_info[row]}
+        ids, mask = encode_episode(runner.encoder, tok, play(GuessNumber(), sample, act, max_turns=3))
+        got = batch.prompt_ids[row][batch.prompt_mask[row].bool()].tolist() + \
+            batch.response_ids[row][batch.response_mask[row].bool()].tolist()
+        got_mask = [0] * int(batch.prompt_mask[row].sum()) + batch.loss_mask[row][batch.response_mask[row].bool()].tolist()
+        assert (got, got_mask) == (ids, mask)
+
+
 # ---------------------------------------------------------------- config and Session (last: a new Session
 # replaces the module's)
 

@@ -105,3 +105,20 @@ def test_sandbox_runs_code_and_enforces_its_limits():
 
 def test_tool_call_dataclass_defaults():
     assert ToolCall("x") == ToolCall("x", {}, None, "")
+
+
+def test_python_tool_runs_model_code_within_its_limits():
+    from rlkit.envs import python_tool
+
+    tool = python_tool(timeout_s=1.0, memory_mb=200)
+    assert tool_schema(tool)["function"]["name"] == "run_python_code"
+    assert tool_schema(tool)["function"]["parameters"]["properties"] == {"code": {"type": "string"}}
+    calls = parse_tool_calls('<tool_call>{"name": "run_python_code", "arguments": {"code": "print(37*48)"}}'
+                             '</tool_call><tool_call>{"name": "run_python_code", "arguments": '
+                             '{"code": "while True: pass"}}</tool_call>')
+    tools = {"run_python_code": tool}
+    assert run_tool_call(calls[0], tools) == ("1776\n", True)
+    text, _ = run_tool_call(calls[1], tools)
+    assert text.startswith("Error: the code ran past its time limit")
+    with pytest.raises(ValueError, match="timeout_s"):
+        python_tool(timeout_s=0)

@@ -1,8 +1,11 @@
-"""Environments for multi-turn and tool-using rollouts (issue 18; the rollout loop is not built yet).
+"""Environments for multi-turn and tool-using rollouts.
 
-What exists so far: the protocol an environment implements, tool calls parsed from a model's text, tool
-schemas from Python functions, and a sandbox that runs model-written Python in a subprocess with time and
-memory limits.
+An environment implements `reset(sample) -> observation` and `step(action_text) -> StepResult`; give it to
+the Session (`rlkit.Session(cfg, env=MyEnv)`, or a built-in with `env.name`) and `s.generate()` runs episodes
+instead of single responses: token in, token out (`rlkit.envs.rollout`), the environment's tokens in the
+sequence but not in the loss (`Batch.loss_mask`). Tools are Python functions (their JSON schemas go to the
+chat template's `tools=`); calls in the Hermes / Qwen `<tool_call>` format are parsed and run, a malformed
+one becomes an error message for the model; `python_tool` runs model-written code in a sandboxed subprocess.
 
 ```python
 class Guess(rlkit.envs.Env):
@@ -20,8 +23,11 @@ class Guess(rlkit.envs.Env):
 from __future__ import annotations
 
 from rlkit.envs.base import Env, StepResult, check_step_result
-from rlkit.envs.sandbox import SandboxResult, run_python
+from rlkit.envs.builtin import BUILTIN_ENVS, builtin_env
+from rlkit.envs.rollout import EnvError, EnvRollout
+from rlkit.envs.sandbox import SandboxResult, python_tool, run_python
 from rlkit.envs.tools import ToolCall, ToolCallError, parse_tool_calls, run_tool_call, tool_schema
 
-__all__ = ["Env", "StepResult", "check_step_result", "ToolCall", "ToolCallError", "parse_tool_calls",
-           "run_tool_call", "tool_schema", "SandboxResult", "run_python"]
+__all__ = ["Env", "StepResult", "check_step_result", "EnvRollout", "EnvError", "BUILTIN_ENVS", "builtin_env",
+           "ToolCall", "ToolCallError", "parse_tool_calls", "run_tool_call", "tool_schema", "SandboxResult",
+           "run_python", "python_tool"]

@@ -73,4 +73,17 @@ def run_python(code: str, *, timeout_s: float = 5.0, memory_mb: int = 512) -> Sa
                          out_of_memory="MemoryError" in stderr)
 
 
-__all__ = ["SandboxResult", "run_python"]
+def python_tool(*, timeout_s: float = 5.0, memory_mb: int = 512):
+    """A tool for an environment's `tools` list: the model sends code, it runs in the sandbox with these
+    limits, and the model reads what it printed (or why it failed: the error, the time or memory limit)."""
+    if timeout_s <= 0 or memory_mb <= 0:
+        raise ValueError(f"python_tool: timeout_s ({timeout_s}) and memory_mb ({memory_mb}) must be > 0")
+
+    def run_python_code(code: str) -> str:
+        """Run a Python script and return what it prints."""
+        return run_python(code, timeout_s=timeout_s, memory_mb=memory_mb).as_text()
+
+    return run_python_code
+
+
+__all__ = ["SandboxResult", "run_python", "python_tool"]
