@@ -87,3 +87,46 @@ def test_sft_then_reward_model_then_ppo_on_the_real_model(real_model_dir, tmp_pa
     assert torch.isfinite(torch.tensor(stats["actor/pg_loss"])) and torch.isfinite(torch.tensor(stats["critic/loss"]))
     # the reward model scored the samples: real numbers, not a rule's 0 / 1
     assert not torch.isin(scores, torch.tensor([0.0, 1.0])).all()
+
+
+def test_calculator_episodes_on_the_real_model_token_in_token_out(real_model_dir, tmp_path):
+    """SmolLM2 in the calculator environment (its chat template writes nothing for tools=: the preset's system
+    prompt describes the tool). An environment that insists on the tool for the first turn makes every
+    episode two turns long; the environment's turns are ChatML increments, and the trainer's log-probs equal
+    the engine's on the policy's tokens: no re-tokenisation drift with a real BPE vocabulary."""
+    from rlkit.envs import StepResult
+    from rlkit.envs.calculator import Calculator
+
+    class InsistsOnTheTool(Calculator):
+        def reset(self, sample):
+            self.turn = 0
+            return super().reset(sample)
+
+        def step(self, action_text):
+            self.turn += 1
+            result = super().step(action_text)
+            if self.turn == 1 and result.done:  # answered without calling: ask again, as a tool message
+                return StepResult([{"role": "tool", "content": "Error: call the multiply tool first."}])
+            return result
+
+    cfg = rlkit.Config.preset(
+        "calculator-smollm2", model={"path": str(real_model_dir)}, data={"train_size": 16, "eval_size": 2},
+        env={"max_turns": 2, "max_tokens": 48}, rollout={"prompts_per_step": 2, "n": 2, "max_new_tokens": 16},
+        actor={"mini_batch_size": 4, "micro_batch_size": 4, "lr": 1e-4}, cluster={"backend": "local"},
+        logging={"run_dir": str(tmp_path), "run_name": "calc", "dashboard": False})
+    with pytest.warns(UserWarning, match="writes nothing for tools="):
+        s = rlkit.Session(cfg, env=InsistsOnTheTool)
+    with s:
+        assert "<tool_call>" in s.prompts.eval_batch(1).prompt_text[0]  # the system prompt tells the model
+        batch = s.generate()
+        assert all(e["env"]["turns"] == 2 for e in batch.extra_info)
+        tok = s.tokenizer
+        for row in range(len(batch)):
+            env_tokens = batch.response_mask[row].bool() & ~batch.loss_mask[row].bool()
+            text = tok.decode(batch.response_ids[row][env_tokens])
+            assert text.endswith("<|im_start|>tool\nError: call the multiply tool first.<|im_end|>\n"
+                                 "<|im_start|>assistant\n") or "<|im_start|>tool\n" in text, text
+        prepared = s.prepare(batch)
+        assert masked_max_diff(prepared.old_logprobs, batch.rollout_logprobs, batch.loss_mask) < 1e-4
+        s.learn(prepared)
+        assert s.env.last_stats["env/turns_mean"] == 2.0 and s.steps_done == 0  # learn alone counts no step

@@ -59,6 +59,19 @@ _CALCULATOR_TINY: dict[str, Any] = {
     "algo": {"name": "grpo", "kl_coef": 0.0},
 }
 
+# The real model on the calculator: SmolLM2's chat template writes nothing for tools=, so the system prompt
+# tells it about the tool and the call format.
+_CALCULATOR_SMOLLM2: dict[str, Any] = {
+    **_CHAT_SUMS_SMOLLM2,
+    "data": {"source": "calculator", "digits": 2, "train_size": 768, "eval_size": 64, "max_prompt_len": 160,
+             "use_chat_template": True, "system_prompt": (
+                 'You can multiply with a tool. To call it, write only <tool_call>{"name": "multiply", '
+                 '"arguments": {"a": 12, "b": 34}}</tool_call> and wait for the result. Then reply with the '
+                 'product alone.')},
+    "env": {"name": "calculator", "max_turns": 3, "max_tokens": 160},
+    "rollout": {"prompts_per_step": 8, "n": 8, "temperature": 1.0, "max_new_tokens": 48},
+}
+
 PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "arithmetic-tiny": ("qwen2-tiny (~0.2M params) on 2-digit addition, GRPO, 16 prompts x 4 samples (about a second per step on CPU)",
                         _ARITH_TINY),
@@ -88,4 +101,7 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "calculator-tiny": ("qwen2-tiny multiplies 2-digit numbers with a multiply tool (Hermes <tool_call> format) in the "
                         "calculator environment, GRPO, 16 problems x 8; start from warm_start_for(cfg, folder)",
                         _CALCULATOR_TINY),
+    "calculator-smollm2": ("SmolLM2-135M-Instruct (`make real-model`) in the calculator environment with the multiply "
+                           "tool described in the system prompt, GRPO, 8 problems x 8, lr 3e-6",
+                           _CALCULATOR_SMOLLM2),
 }

@@ -95,6 +95,13 @@ class EnvRollout:
                             "step(action_text) -> StepResult)")
         tools = [tool_schema(fn) for fn in getattr(probe, "tools", None) or []]
         self.encoder = TurnEncoder(tokenizer, chat=chat, system_prompt=system_prompt, tools=tools)
+        if self.encoder.template_ignores_tools:
+            import warnings
+
+            warnings.warn(f"env: {self.name} has tools ({', '.join(t['function']['name'] for t in tools)}) but the "
+                          "tokenizer's chat template writes nothing for tools=: the model knows them only if data.system_prompt "
+                          "describes them (the calculator-smollm2 preset) or it was trained on the format (the tiny "
+                          "presets' warm start)", stacklevel=2)
         self.last_stats: dict[str, float] = {}
         """`env/*` metrics of the last rollout: turns, success, errors, timeouts, tool calls ..."""
 

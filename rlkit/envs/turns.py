@@ -49,6 +49,12 @@ class TurnEncoder:
             """What the template writes after an assistant message up to its end marker ("<|im_end|>")."""
             self.end_of_turn_ids = self._encode(self.end_of_turn_text)
             """Its ids: appended as an environment token when a policy turn was cut before its end marker."""
+        self.template_ignores_tools = bool(chat and self.tools) and \
+            self._render(_PROBE[:1], generation_prompt=True) == tokenizer.apply_chat_template(
+                ([{"role": "system", "content": system_prompt}] if system_prompt else []) + _PROBE[:1],
+                tokenize=False, add_generation_prompt=True)
+        """True when the chat template writes nothing for `tools=` (SmolLM2's): the model is not told about the
+        tools unless the prompt (data.system_prompt) describes them."""
 
     def _render(self, messages: list[dict], *, generation_prompt: bool) -> str:
         if self.system_prompt is not None and messages[0]["role"] != "system":
