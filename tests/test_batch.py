@@ -118,7 +118,7 @@ def test_replace_is_a_shallow_copy_and_rejects_unknown_fields():
 
 
 def test_every_field_is_declared_once():
-    assert len(set(ALL_FIELDS)) == len(ALL_FIELDS) == 22
+    assert len(set(ALL_FIELDS)) == len(ALL_FIELDS) == 24
     # the field-group tables (which drive padding and validation) match the declarations
     assert [f.name for f in dataclasses.fields(Batch)] == list(ALL_FIELDS)
     batch = Batch(batch_size=[1])

@@ -312,7 +312,7 @@ def test_importing_the_config_does_not_import_torch():
 def test_every_field_has_a_docstring_and_appears_in_help():
     help_text = config_help()
     sections = [f for f in dataclasses.fields(Config) if dataclasses.is_dataclass(f.default_factory)]
-    assert len(sections) == 9
+    assert len(sections) == 10
     for sec in sections:
         docs = field_docs(sec.default_factory)
         assert docs and all(docs.values()), f"undocumented fields in {sec.name}: {docs}"
