@@ -212,7 +212,8 @@ class Session:
         prompts = prompts.replace(group_id=torch.arange(len(prompts)))
         if self.env is not None:  # episodes with the environment, the engine called once per turn
             out = self.env.rollout(self.roles["actor"].generate, prompts, params)
-            self.monitor.current.update(self.env.last_stats)
+            if not greedy:  # the step's env/* stats: the sampled episodes, not a greedy baseline's or eval's
+                self.monitor.current.update(self.env.last_stats)
         else:
             out = self.roles["actor"].generate(prompts, params)
         return out.replace(policy_version=torch.full((len(out),), self.policy_version, dtype=torch.long))

@@ -412,3 +412,23 @@ def test_ppo_learns_on_episodes_with_values_on_policy_tokens(tmp_path):
         assert (batch.advantages[env_tokens] == 0).all() and (batch.returns[env_tokens] == 0).all()
         stats = s.learn(batch)
     assert "critic/loss" in stats or any(k.startswith("critic/") for k in stats)
+
+
+@pytest.mark.parametrize("algo", ["grpo", "dr_grpo", "dapo", "gspo", "rloo", "remax", "reinforce_pp", "safe_rlhf"])
+def test_every_algorithm_takes_a_step_on_episodes(tmp_path, algo):
+    """The GRPO family, ReMax (its greedy baseline is a greedy episode), DAPO (refills are episodes too),
+    REINFORCE++ (turn rewards through the token-level return) and Safe-RLHF (a rule cost) train on episodes,
+    with no advantage on environment tokens. (PPO: the test above.)"""
+    # DAPO keeps only groups whose rewards differ: with the untrained model some rounds keep few, so its
+    # mini-batches are one group (n = 2 rows)
+    extra = {"algo.dynamic_sampling": True, "actor.mini_batch_size": 2, "actor.micro_batch_size": 2,
+             "critic.micro_batch_size": 2} if algo == "dapo" else {}
+    cost = (lambda text, truth, eos: float(len(text) > 30)) if algo == "safe_rlhf" else None
+    with rlkit.Session(guess_config(tmp_path, algo=algo, **extra), cost_fn=cost) as s:
+        batch = s.prepare(s.generate())
+        env_tokens = batch.response_mask.bool() & ~batch.loss_mask.bool()
+        assert env_tokens.any() and (batch.advantages[env_tokens] == 0).all()
+        if algo == "remax":
+            assert batch.baseline_scores is not None
+        stats = s.learn(batch)
+        assert stats["actor/tokens"] == float(batch.loss_mask.sum())  # trained on the policy's tokens only
