@@ -103,6 +103,8 @@ def test_panel_mapping():
     assert panel_for("actor/lr") is None and panel_for("sync/bytes") is None
     assert panel_for("weight_sync/bytes") == (titles.index("weight sync (bytes per engine)"), "bytes")
     assert panel_for("memory/actor/rss_gib_extra") is None  # full match only
+    assert panel_for("env/success") == (titles.index("episodes (fraction)"), "success")
+    assert panel_for("env/tool_calls") == (titles.index("episodes (per episode)"), "tool_calls")
 
 
 def test_write_html_is_self_contained_and_holds_the_traces(tmp_path):

@@ -49,6 +49,9 @@ class TurnEncoder:
             """What the template writes after an assistant message up to its end marker ("<|im_end|>")."""
             self.end_of_turn_ids = self._encode(self.end_of_turn_text)
             """Its ids: appended as an environment token when a policy turn was cut before its end marker."""
+            end = rendered.rindex(self.end_of_turn_text) + len(self.end_of_turn_text) if self.end_of_turn_text \
+                else len(rendered)
+            self._before_turn = rendered[:end]  # the probe conversation up to its assistant turn's end marker
         self.template_ignores_tools = bool(chat and self.tools) and \
             self._render(_PROBE[:1], generation_prompt=True) == tokenizer.apply_chat_template(
                 ([{"role": "system", "content": system_prompt}] if system_prompt else []) + _PROBE[:1],
@@ -85,10 +88,9 @@ class TurnEncoder:
                 raise TypeError("the observation is a message list but the chat template is off "
                                 "(data.use_chat_template = false): return a string")
             return self._encode(observation)
-        base = self._render(_PROBE, generation_prompt=False)
         full = self._render(_PROBE + as_messages(observation, role), generation_prompt=True)
-        cut = base.rindex(self.end_of_turn_text) + len(self.end_of_turn_text) if self.end_of_turn_text else len(base)
-        if not full.startswith(base[:cut]):
+        cut = len(self._before_turn)
+        if not full.startswith(self._before_turn):
             raise ValueError("env: the chat template does not render a conversation incrementally (adding a turn "
                              "changed the text before it), so environment turns cannot be appended token for "
                              "token; set data.use_chat_template = false and format turns in the environment")

@@ -57,6 +57,8 @@ PANELS: tuple[Panel, ...] = (
     Panel("staleness (policy versions)", r"async/staleness_(?P<label>mean|max)"),
     Panel("pool idle fraction", r"pipeline/(?P<label>rollout|trainer)_idle_frac"),
     Panel("pool busy per step (s)", r"pipeline/(?P<label>rollout|trainer)_busy_seconds"),
+    Panel("episodes (fraction)", r"env/(?P<label>success|done_frac|truncated_frac)"),
+    Panel("episodes (per episode)", r"env/(?P<label>turns_mean|tool_calls|tool_errors)"),
 )
 _COMPILED = tuple(re.compile(panel.pattern) for panel in PANELS)
 
