@@ -181,3 +181,34 @@ def test_notebook_cells_are_valid_python(path):
                 ast.parse(cell.source)
             except SyntaxError as e:
                 raise AssertionError(f"{path.name} cell {i}: {e}") from None
+
+
+def check_multi_turn_tools(nb, workdir: Path) -> None:
+    # one episode printed turn by turn: the environment's turns (chat-templated) apart from the policy's
+    turns = text_of(nb, code_cell(nb, "itertools.groupby(policy)"))
+    assert re.search(r"^policy +'.+' +reward -0\.1$", turns, re.M), turns  # a miss costs 0.1
+    assert re.search(r"^environment '<\|user\|>(higher |lower )?\d-\d<\|assistant\|>'$", turns, re.M), turns
+    # the token viewer draws the environment's tokens apart, with the legend and the step rewards' badges
+    view = "".join(out.get("data", {}).get("text/html", "")
+                   for out in outputs(nb, code_cell(nb, 'color_by="logprob"')))
+    assert 'class="tok env"' in view and "environment / tool tokens (not trained)" in view and "r=-0.1" in view
+    # environment tokens get no advantage and are not trained
+    trained = text_of(nb, code_cell(nb, "stats = s.learn(prepared)"))
+    assert "largest |advantage| on environment tokens: 0.0" in trained
+    counts = re.search(r"tokens trained: (\d+) = policy tokens in the batch: (\d+) of (\d+)", trained)
+    assert counts and counts.group(1) == counts.group(2) and int(counts.group(2)) < int(counts.group(3))
+    # the update made by hand and the RLKIT_NOTEBOOK_STEPS=1 step of train(), then the before/after line
+    assert re.search(r"greedy success: [0-9.]+% -> [0-9.]+% after 2 updates", text_of(nb, code_cell(nb, "after = ")))
+    run = re.search(r"runs/grpo-[0-9-]+", text_of(nb, code_cell(nb, "env=GuessWithCost)"))).group()
+    lines = [json.loads(line) for line in (workdir / run / "stats.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [1] and "env/success" in lines[0]
+    # a broken environment: the episode ends (on_error="end"), or the stage stops naming it (on_error="raise")
+    assert re.search(r"env/errors = [1-9]\d* of 128 episodes", text_of(nb, code_cell(nb, "env=SevenIsABug)\nbroken")))
+    assert "EnvError: environment SevenIsABug, sample " in text_of(nb, code_cell(nb, '"env.on_error": "raise"'))
+    # tools: malformed calls become messages for the model; the sandbox stops a runaway loop
+    calls = text_of(nb, code_cell(nb, "tools = {\"convert\": convert}"))
+    assert "('11.25', True)" in calls and "Error: unknown tool 'exchange'" in calls
+    assert "timed out: True" in text_of(nb, code_cell(nb, "looping = run_python("))
+
+
+CHECKS["09_multi_turn_tools"] = check_multi_turn_tools
