@@ -49,7 +49,7 @@ def run(arm: str, *, seed: int, steps: int, algo: str, temperature: float | None
                               logging={"run_dir": str(out_dir / "runs"), "run_name": None, "dashboard": False})
     if temperature is not None:
         cfg = cfg.override({"rollout.temperature": temperature})
-    cfg = cfg.override({"model.path": str(warm_start_for(cfg, out_dir / f"warm-{preset}-{seed}"))})
+    cfg = cfg.override({"model.path": str(warm_start_for(cfg))})
     row = {"arm": arm, "algo": algo, "seed": seed, "steps": steps, "temperature": cfg.rollout.temperature}
     if arm == "calculator":
         with rlkit.Session(cfg.override({"env.name": None})) as s:
@@ -59,12 +59,12 @@ def run(arm: str, *, seed: int, steps: int, algo: str, temperature: float | None
         env = coin_flip(builtin_env("guess_number"), p=0.53, seed=seed)  # the warm start's sampled success
     start = time.perf_counter()
     with rlkit.Session(cfg, env=env) as s:
-        played = s.env.make_env
-        s.env.make_env = builtin_env(preset.removesuffix("-tiny").replace("-", "_"))  # greedy games: the real rule
+        played = s.env_rollout.make_env
+        s.env_rollout.make_env = builtin_env(preset.removesuffix("-tiny").replace("-", "_"))  # greedy games: the real rule
         row["greedy_before"] = s.evaluate()["eval/accuracy"]
-        s.env.make_env = played
+        s.env_rollout.make_env = played
         history = s.train(steps)
-        s.env.make_env = builtin_env(preset.removesuffix("-tiny").replace("-", "_"))
+        s.env_rollout.make_env = builtin_env(preset.removesuffix("-tiny").replace("-", "_"))
         row["greedy_after"] = s.evaluate()["eval/accuracy"]
     row["seconds"] = round(time.perf_counter() - start, 1)
 

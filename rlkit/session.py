@@ -130,7 +130,7 @@ class Session:
         """Train/eval prompt splits and the cursor over the training prompts."""
         from rlkit.envs.rollout import env_rollout_for
 
-        self.env = env_rollout_for(cfg, env, self.tokenizer)
+        self.env_rollout = env_rollout_for(cfg, env, self.tokenizer)
         """The multi-turn rollout (`rlkit.envs.EnvRollout`) when an environment is given (`env=` or `env.name`),
         else None: `rollout` then samples one response per prompt."""
         rules = task_rules(cfg)
@@ -210,10 +210,10 @@ class Session:
         that drew them (`policy_version`: updates applied so far)."""
         params = sampling_params(self.config.rollout, n=n, greedy=greedy)
         prompts = prompts.replace(group_id=torch.arange(len(prompts)))
-        if self.env is not None:  # episodes with the environment, the engine called once per turn
-            out = self.env.rollout(self.roles["actor"].generate, prompts, params)
+        if self.env_rollout is not None:  # episodes with the environment, the engine called once per turn
+            out = self.env_rollout.rollout(self.roles["actor"].generate, prompts, params)
             if not greedy:  # the step's env/* stats: the sampled episodes, not a greedy baseline's or eval's
-                self.monitor.current.update(self.env.last_stats)
+                self.monitor.current.update(self.env_rollout.last_stats)
         else:
             out = self.roles["actor"].generate(prompts, params)
         return out.replace(policy_version=torch.full((len(out),), self.policy_version, dtype=torch.long))
@@ -586,7 +586,7 @@ class Session:
     def _check_batch_fits(self, batch: Batch, stage: str) -> None:
         # A batch saved by another run (Batch.load) must fail here with the mismatch named,
         # not as an index error deep inside a worker's embedding lookup.
-        budget = self.config.env.max_tokens if self.env is not None else self.config.rollout.max_new_tokens
+        budget = self.config.env.max_tokens if self.env_rollout is not None else self.config.rollout.max_new_tokens
         check_batch_fits(batch, stage, vocab_size=self.vocab_size, max_new_tokens=budget)
 
     def __repr__(self) -> str:

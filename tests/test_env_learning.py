@@ -30,7 +30,7 @@ def mean(values):
 
 def test_guess_number_success_rises_by_20_points(tmp_path):
     cfg = preset("guess-number-tiny", tmp_path)
-    folder = warm_start_for(cfg, tmp_path / "warm")
+    folder = warm_start_for(cfg)  # cached: the notebook and tutorial reuse it
     with rlkit.Session(cfg.override({"model.path": str(folder)})) as s:
         before = s.evaluate()["eval/accuracy"]
         history = s.train(60)
@@ -42,7 +42,7 @@ def test_guess_number_success_rises_by_20_points(tmp_path):
 
 def test_calculator_with_the_tool_beats_the_same_model_without_it(tmp_path):
     cfg = preset("calculator-tiny", tmp_path)
-    folder = warm_start_for(cfg, tmp_path / "warm")
+    folder = warm_start_for(cfg)  # cached: the notebook and tutorial reuse it
     cfg = cfg.override({"model.path": str(folder)})
     with rlkit.Session(cfg.override({"env.name": None})) as s:  # the same rows answered in one turn, no tool
         without_tool = s.evaluate()["eval/accuracy"]

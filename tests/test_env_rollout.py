@@ -166,6 +166,25 @@ def test_token_budget_and_max_turns_bound_every_episode(session):
     assert [e["env"]["turns"] for e in batch.extra_info] == [2] * len(batch)
 
 
+def test_an_info_key_once_reported_stays_in_the_stats(session):
+    """A numeric info key seen in one rollout is reported (as 0) in later ones, so its curve has no gaps."""
+    class Flaky:
+        calls = 0
+
+        def reset(self, sample):
+            return "go"
+
+        def step(self, action_text):
+            Flaky.calls += 1
+            return StepResult(None, done=True, info={"bonus": 1} if Flaky.calls <= 8 else {})
+
+    _, _, runner = rollout_with(session, Flaky, max_turns=1)  # 8 episodes: every one reports bonus = 1
+    assert runner.last_stats["env/bonus"] == 1.0
+    batch = runner.rollout(Recorder(session), session.next_prompts().replace(group_id=torch.arange(4)),
+                           sampling_params(session.config.rollout, n=2))
+    assert runner.last_stats["env/bonus"] == 0.0 and all("bonus" not in e["env"] for e in batch.extra_info)
+
+
 # ---------------------------------------------------------------- the loss mask
 
 
@@ -244,8 +263,11 @@ class Hangs:
 
 
 @pytest.mark.parametrize("env, message", [
-    (Raises, r"environment Raises, sample 0 \(ground_truth '\d'\), turn 1: step\(\) KeyError: 'the environment broke'"),
-    (NotAString, r"environment NotAString, sample 0 .*turn 1: .*the observation is int"),
+    (Raises, r"environment Raises, sample 0 \(ground_truth '\d'; episode 0 of its group\), turn 1: step\(\) "
+             r"KeyError: 'the environment broke'"),
+    # the place is named once, not twice
+    (NotAString, r"environment NotAString, sample 0 \(ground_truth '\d'; episode 0 of its group\), turn 1: step\(\) "
+                 r"TypeError: the observation is int"),
     (Hangs, r"environment Hangs, sample 0 .*turn 1: step\(\) timed out: did not return within 0.3 s"),
 ])
 def test_a_failing_environment_is_named_with_sample_and_turn(session, env, message):

@@ -118,7 +118,12 @@ def test_python_tool_runs_model_code_within_its_limits():
                              '{"code": "while True: pass"}}</tool_call>')
     tools = {"run_python_code": tool}
     assert run_tool_call(calls[0], tools) == ("1776\n", True)
-    text, _ = run_tool_call(calls[1], tools)
-    assert text.startswith("Error: the code ran past its time limit")
+    text, ok = run_tool_call(calls[1], tools)  # a failed run is a failed call (counted in env/tool_errors)
+    assert not ok and text == "Error: run_python_code: the code ran past its time limit and was stopped."
+    call = parse_tool_calls('<tool_call>{"name": "run_python_code", "arguments": {"code": "x = 1\\n1/0"}}</tool_call>')[0]
+    text, ok = run_tool_call(call, tools)
+    # the traceback as the model should read it: its own script's frames, no sandbox prelude or temporary path
+    assert not ok and 'File "main.py", line 2' in text and "ZeroDivisionError" in text
+    assert "runpy" not in text and "<string>" not in text and "rlkit-sandbox-" not in text
     with pytest.raises(ValueError, match="timeout_s"):
         python_tool(timeout_s=0)

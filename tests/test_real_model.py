@@ -129,4 +129,4 @@ def test_calculator_episodes_on_the_real_model_token_in_token_out(real_model_dir
         prepared = s.prepare(batch)
         assert masked_max_diff(prepared.old_logprobs, batch.rollout_logprobs, batch.loss_mask) < 1e-4
         s.learn(prepared)
-        assert s.env.last_stats["env/turns_mean"] == 2.0 and s.steps_done == 0  # learn alone counts no step
+        assert s.env_rollout.last_stats["env/turns_mean"] == 2.0 and s.steps_done == 0  # learn alone counts no step

@@ -35,7 +35,7 @@ _CHAT_SUMS_SMOLLM2: dict[str, Any] = {
 }
 
 # Multi-turn environments (rlkit.envs) on the tiny model. They start from a warm start, not from a random model:
-# `rlkit.envs.warmup.warm_start_for(cfg, folder)` fine-tunes the preset's model on a scripted player's episodes
+# `rlkit.envs.warmup.warm_start_for(cfg)` fine-tunes the preset's model on a scripted player's episodes
 # and returns the folder to set as model.path (BENCHMARKS.md "Multi-turn environments" has the measurements).
 _GUESS_NUMBER_TINY: dict[str, Any] = {
     "model": {"preset": "qwen2-tiny", "dtype": "float32"},
@@ -96,10 +96,10 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
                           "samples of 20 tokens, lr 3e-6, no KL: the real-model recipe of BENCHMARKS.md",
                           _CHAT_SUMS_SMOLLM2),
     "guess-number-tiny": ("qwen2-tiny plays guess-the-number (1-7, three guesses, higher/lower answers) in the "
-                          "guess_number environment, GRPO, 16 games x 8; start from warm_start_for(cfg, folder)",
+                          "guess_number environment, GRPO, 16 games x 8; start from warm_start_for(cfg)",
                           _GUESS_NUMBER_TINY),
     "calculator-tiny": ("qwen2-tiny multiplies 2-digit numbers with a multiply tool (Hermes <tool_call> format) in the "
-                        "calculator environment, GRPO, 16 problems x 8; start from warm_start_for(cfg, folder)",
+                        "calculator environment, GRPO, 16 problems x 8; start from warm_start_for(cfg)",
                         _CALCULATOR_TINY),
     "calculator-smollm2": ("SmolLM2-135M-Instruct (`make real-model`) in the calculator environment with the multiply "
                            "tool described in the system prompt, GRPO, 8 problems x 8, lr 3e-6",

@@ -49,6 +49,8 @@ class Episode:
     env: Any
     row: int
     """The prompt row of the rollout's input batch it was drawn for (its group)."""
+    copy: int
+    """Which of the row's `n` episodes this is (0-based)."""
     sample: dict[str, Any]
     context: list[int] = field(default_factory=list)
     """The opening prompt's ids."""
@@ -104,6 +106,7 @@ class EnvRollout:
                           "presets' warm start)", stacklevel=2)
         self.last_stats: dict[str, float] = {}
         """`env/*` metrics of the last rollout: turns, success, errors, timeouts, tool calls ..."""
+        self._info_keys: set[str] = set()  # numeric info keys seen so far: reported (as 0) every rollout after
 
     # ------------------------------------------------------------------ the loop
 
@@ -112,8 +115,8 @@ class EnvRollout:
         from rlkit.data.datasets import left_pad, pad_token_id
 
         cfg, start = self.cfg, time.perf_counter()
-        episodes = [Episode(self.make_env(), row, _sample(prompts, row))
-                    for row in range(len(prompts)) for _ in range(params.n)]
+        episodes = [Episode(self.make_env(), row, copy, _sample(prompts, row))
+                    for row in range(len(prompts)) for copy in range(params.n)]
         self._open(episodes, prompts)
         turn_params = dataclasses.replace(params, n=1)
         pad = pad_token_id(self.tokenizer)
@@ -194,8 +197,11 @@ class EnvRollout:
     def _fail(self, e: Episode, err: BaseException, call: str, turn: int) -> None:
         """An environment failure: raise it (env.on_error = "raise") or end the episode where it is ("end")."""
         what = "timed out" if isinstance(err, CallTimeout) else f"{type(err).__name__}"
-        message = (f"environment {self.name}, sample {e.row} ({_describe(e.sample)}), turn {turn}: {call}() "
-                   f"{what}: {err}")
+        detail = str(err)
+        if detail.startswith("environment "):  # check_step_result named the place already
+            detail = detail.split(": ", 1)[-1]
+        message = (f"environment {self.name}, sample {e.row} ({_describe(e.sample)}; episode {e.copy} of its "
+                   f"group), turn {turn}: {call}() {what}: {detail}")
         if self.cfg.on_error == "raise":
             raise EnvError(message + ' (env.on_error = "end" ends such an episode and goes on)') from err
         e.error, e.finished = message, True
@@ -228,7 +234,8 @@ class EnvRollout:
                  for name in ("ground_truth", "data_source")}
         extra = [{**(prompts.extra_info[e.row] if prompts.extra_info is not None else {}),
                   "env": {"turns": e.turns, "done": e.done, "error": e.error, **e.info}} for e in episodes]
-        self.last_stats = episode_stats(episodes, seconds)
+        self._info_keys |= {k for e in episodes for k in e.info}
+        self.last_stats = episode_stats(episodes, seconds, self._info_keys)
         return Batch(
             prompt_ids=prompt_ids, prompt_mask=prompt_mask, response_ids=ids, response_mask=mask, loss_mask=loss,
             rollout_logprobs=logprobs, turn_rewards=rewards, scores=rewards.sum(-1),
@@ -256,10 +263,11 @@ def env_rollout_for(cfg: Any, env: Any, tokenizer: Any) -> EnvRollout | None:
     return EnvRollout(env, tokenizer, cfg.env, chat=chat, system_prompt=cfg.data.system_prompt)
 
 
-def episode_stats(episodes: list[Episode], seconds: float) -> dict[str, float]:
+def episode_stats(episodes: list[Episode], seconds: float, info_keys: set[str] = frozenset()) -> dict[str, float]:
     """The rollout's `env/*` metrics: mean turns, the fraction that the environment ended (`done_frac`), with
     a positive reward (`success`), that hit a limit (`truncated_frac`), failed (`errors`, `timeouts`: counts),
-    and the mean of every numeric `info` key per episode (`env/tool_calls` ...)."""
+    and the mean of every numeric `info` key per episode (`env/tool_calls` ...; those of `info_keys` too, as 0
+    when no episode reported them, so a curve has no gaps)."""
     n = max(1, len(episodes))
     out = {"env/turns_mean": sum(e.turns for e in episodes) / n,
            "env/done_frac": sum(e.done for e in episodes) / n,
@@ -268,7 +276,7 @@ def episode_stats(episodes: list[Episode], seconds: float) -> dict[str, float]:
            "env/policy_tokens_mean": sum(sum(e.policy) for e in episodes) / n,
            "env/env_tokens_mean": sum(len(e.policy) - sum(e.policy) for e in episodes) / n,
            "env/seconds": seconds}
-    keys = sorted({k for e in episodes for k in e.info} | {"errors", "timeouts"})
+    keys = sorted({k for e in episodes for k in e.info} | set(info_keys) | {"errors", "timeouts"})
     for key in keys:
         total = sum(e.info.get(key, 0.0) for e in episodes)
         out[f"env/{key}"] = total if key in ("errors", "timeouts") else total / n

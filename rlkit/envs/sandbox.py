@@ -52,6 +52,20 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
+def _clean_traceback(stderr: str, cwd: str) -> str:
+    """The traceback as the model should read it: the prelude's and runpy's frames dropped, the temporary
+    folder's path written as the script's own name."""
+    lines, skip = [], False
+    for line in stderr.splitlines(keepends=True):
+        if line.startswith('  File "'):
+            skip = 'File "<string>"' in line or "runpy" in line
+        elif not line.startswith("    "):
+            skip = False
+        if not skip:
+            lines.append(line.replace(cwd + "/", ""))
+    return "".join(lines)
+
+
 def run_python(code: str, *, timeout_s: float = 5.0, memory_mb: int = 512) -> SandboxResult:
     """Run `code` as a script; stdout and stderr are captured (cut to 10,000 characters each)."""
     if timeout_s <= 0 or memory_mb <= 0:
@@ -68,7 +82,7 @@ def run_python(code: str, *, timeout_s: float = 5.0, memory_mb: int = 512) -> Sa
         except subprocess.TimeoutExpired as err:
             out = err.stdout.decode(errors="replace") if isinstance(err.stdout, bytes) else (err.stdout or "")
             return SandboxResult(out[:_MAX_OUTPUT], "", None, timed_out=True)
-    stderr = done.stderr[-_MAX_OUTPUT:]
+    stderr = _clean_traceback(done.stderr, cwd)[-_MAX_OUTPUT:]
     return SandboxResult(done.stdout[:_MAX_OUTPUT], stderr, done.returncode,
                          out_of_memory="MemoryError" in stderr)
 
@@ -81,7 +95,12 @@ def python_tool(*, timeout_s: float = 5.0, memory_mb: int = 512):
 
     def run_python_code(code: str) -> str:
         """Run a Python script and return what it prints."""
-        return run_python(code, timeout_s=timeout_s, memory_mb=memory_mb).as_text()
+        from rlkit.envs.tools import ToolCallError
+
+        result = run_python(code, timeout_s=timeout_s, memory_mb=memory_mb)
+        if not result.ok:  # the model is told why, and the call counts as a failed one (env/tool_errors)
+            raise ToolCallError(result.as_text().removeprefix("Error: ").removeprefix("Error ").rstrip("."))
+        return result.stdout
 
     return run_python_code
 

@@ -96,6 +96,8 @@ def run_tool_call(call: ToolCall, tools: dict[str, Callable]) -> tuple[str, bool
         return f"Error: bad arguments for {call.name}: {err}.", False
     try:
         result = fn(**call.arguments)
+    except ToolCallError as err:  # the tool's own refusal: its message is what the model reads
+        return f"Error: {call.name}: {err}.", False
     except Exception as err:  # the model is told, the run goes on
         return f"Error: {call.name} raised {type(err).__name__}: {err}.", False
     return result if isinstance(result, str) else json.dumps(result), True

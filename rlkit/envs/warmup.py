@@ -7,8 +7,10 @@ episodes, they are encoded exactly as a multi-turn rollout encodes them (`rlkit.
 prompt, same environment-turn ids), and the model is trained on the player's tokens only (the environment's
 are context, as in RL). What RL must then learn is what the script did not know.
 
-Runs in this process (a few seconds to a minute on a CPU); the result is cached in `out_dir` by a fingerprint
-of everything that went into it.
+Runs in this process (one to three minutes on a CPU for the built-ins). The result is cached by a fingerprint of
+everything that went into it: in `out_dir` when given, else in `$RLKIT_WARM_START_CACHE` (default
+~/.cache/rlkit/warm-starts) under the environment's name and the fingerprint, so notebooks, tutorials and tests
+on one machine share it. It is written to a temporary folder and renamed into place when complete.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import random
+import shutil
 from pathlib import Path
 from typing import Any, Callable
 
@@ -58,11 +62,16 @@ def encode_episode(encoder: Any, tokenizer: Any, history: list, role: str = "use
     return ids, mask
 
 
-def warm_start(cfg: Any, script: Callable[[random.Random], ScriptFn], out_dir: str | Path, *, episodes: int = 2048,
-               steps: int = 300, batch_size: int = 64, lr: float = 3e-3, seed: int = 0) -> Path:
-    """The tiny `cfg.model.preset` model fine-tuned on `episodes` scripted episodes of `cfg.env.name` over
-    the training rows of `cfg.data`; saved (with its tokenizer) to `out_dir/model` and returned. Cached: a
-    second call with the same inputs returns at once."""
+def warm_start_cache() -> Path:
+    """Where `warm_start` keeps its results when no `out_dir` is given."""
+    return Path(os.environ.get("RLKIT_WARM_START_CACHE", Path.home() / ".cache" / "rlkit" / "warm-starts"))
+
+
+def warm_start(cfg: Any, script: Callable[[random.Random], ScriptFn], out_dir: str | Path | None = None, *,
+               episodes: int = 2048, steps: int = 300, batch_size: int = 64, lr: float = 3e-3, seed: int = 0) -> Path:
+    """The tiny `cfg.model.preset` model (initialised with `cfg.seed`) fine-tuned on `episodes` scripted
+    episodes of `cfg.env.name` over the training rows of `cfg.data`; a Hugging Face folder with its tokenizer
+    (to set as `model.path`), returned. Cached: a second call with the same inputs returns at once."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from rlkit.data.datasets import batch_lists, load_prompt_split
@@ -70,15 +79,15 @@ def warm_start(cfg: Any, script: Callable[[random.Random], ScriptFn], out_dir: s
     from rlkit.envs.builtin import builtin_env
     from rlkit.envs.turns import TurnEncoder
 
-    out_dir = Path(out_dir)
-    key = json.dumps({"model": cfg.model.preset, "data": cfg.data.__dict__, "env": cfg.env.__dict__,
+    key = json.dumps({"model": cfg.model.preset, "init_seed": cfg.seed, "data": cfg.data.__dict__, "env": cfg.env.__dict__,
                       "script": getattr(script, "__qualname__", repr(script)), "episodes": episodes, "steps": steps,
                       "batch_size": batch_size, "lr": lr, "seed": seed}, sort_keys=True, default=str)
     fingerprint = hashlib.sha256(key.encode()).hexdigest()[:16]
-    folder = out_dir / "model"
-    if (out_dir / "warm_start.json").is_file() and \
-            json.loads((out_dir / "warm_start.json").read_text()).get("fingerprint") == fingerprint:
-        return folder
+    target = Path(out_dir) if out_dir is not None else warm_start_cache() / f"{cfg.env.name}-{fingerprint}"
+    if _fingerprint_of(target) == fingerprint:
+        return target
+    folder = target.parent / f".{target.name}.tmp-{os.getpid()}"  # renamed into place when complete
+    shutil.rmtree(folder, ignore_errors=True)
     save_tiny_model(cfg.model.preset, folder, seed=cfg.seed)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
@@ -97,14 +106,25 @@ def warm_start(cfg: Any, script: Callable[[random.Random], ScriptFn], out_dir: s
                                    cfg.env.observation_role))
     losses = _fit(model, rows, steps=steps, batch_size=batch_size, lr=lr, seed=seed, pad=tokenizer.pad_token_id)
     model.save_pretrained(folder)
-    (out_dir / "warm_start.json").write_text(json.dumps({"fingerprint": fingerprint, "first_loss": losses[0],
-                                                         "last_loss": losses[-1], "episodes": episodes}))
-    return folder
+    (folder / "warm_start.json").write_text(json.dumps({"fingerprint": fingerprint, "first_loss": losses[0],
+                                                        "last_loss": losses[-1], "episodes": episodes}))
+    if _fingerprint_of(target) != fingerprint:  # another process may have finished the same one meanwhile
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(folder, target)
+    shutil.rmtree(folder, ignore_errors=True)
+    return target
 
 
-def warm_start_for(cfg: Any, out_dir: str | Path) -> Path:
+def _fingerprint_of(folder: Path) -> str | None:
+    try:
+        return json.loads((folder / "warm_start.json").read_text()).get("fingerprint")
+    except (OSError, ValueError):
+        return None
+
+
+def warm_start_for(cfg: Any, out_dir: str | Path | None = None) -> Path:
     """`warm_start` with the recipe declared beside the built-in environment `cfg.env.name` (its `WARM_START`):
-    the model folder to set as `model.path`."""
+    the model folder to set as `model.path` (cached in `out_dir`, else under `warm_start_cache()`)."""
     import importlib
 
     from rlkit.envs.builtin import BUILTIN_ENVS
@@ -149,4 +169,4 @@ def _fit(model, rows: list[tuple[list[int], list[int]]], *, steps: int, batch_si
     return losses
 
 
-__all__ = ["play", "encode_episode", "warm_start", "warm_start_for"]
+__all__ = ["play", "encode_episode", "warm_start", "warm_start_cache", "warm_start_for"]
