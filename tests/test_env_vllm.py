@@ -22,6 +22,7 @@ from rlkit.envs import StepResult
 from rlkit.envs.guess_number import GuessNumber
 from rlkit.envs.rollout import EnvRollout
 from rlkit.session_support import sampling_params
+from tests.test_env_rollout import Recorder  # the actor's generate (here the vLLM engine), recording every call
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
@@ -63,18 +64,6 @@ def session(tmp_path_factory):
         logging={"run_dir": str(tmp_path_factory.mktemp("env_vllm")), "run_name": None, "dashboard": False})
     with rlkit.Session(cfg, env=Distinct) as s:
         yield s
-
-
-class Recorder:
-    """The actor's generate (the vLLM engine), recording every call's prompts and sampled tokens."""
-
-    def __init__(self, s):
-        self.s, self.calls = s, []
-
-    def __call__(self, prompts, params):
-        out = self.s.roles["actor"].generate(prompts, params)
-        self.calls.append((prompts, out))
-        return out
 
 
 def policy_turn_starts(loss_mask: torch.Tensor) -> list[int]:

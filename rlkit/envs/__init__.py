@@ -1,4 +1,4 @@
-"""Environments for multi-turn and tool-using rollouts.
+r"""Environments for multi-turn and tool-using rollouts.
 
 An environment implements `reset(sample) -> observation` and `step(action_text) -> StepResult`; give it to
 the Session (`rlkit.Session(cfg, env=MyEnv)`, or a built-in with `env.name`) and `s.generate()` runs episodes
@@ -8,15 +8,19 @@ chat template's `tools=`); calls in the Hermes / Qwen `<tool_call>` format are p
 one becomes an error message for the model; `python_tool` runs model-written code in a sandboxed subprocess.
 
 ```python
-class Guess(rlkit.envs.Env):
+class Guess:                                  # any class with these two methods is an rlkit.envs.Env
     def reset(self, sample):                  # -> the first observation (text or chat messages)
         self.target = int(sample["ground_truth"])
         return "Guess a number from 1 to 100."
     def step(self, action_text):              # -> StepResult(observation, reward, done, info)
-        guess = int(action_text.strip() or 0)
-        if guess == self.target:
-            return StepResult("Correct!", reward=1.0, done=True)
-        return StepResult("higher" if guess < self.target else "lower")
+        digits = re.findall(r"\d+", action_text)
+        if not digits:
+            return StepResult("Say a number.", info={"invalid": 1})
+        if int(digits[0]) == self.target:
+            return StepResult(None, reward=1.0, done=True)
+        return StepResult("higher" if int(digits[0]) < self.target else "lower")
+
+s = rlkit.Session(cfg, env=Guess)             # s.generate() now plays episodes
 ```
 """
 
