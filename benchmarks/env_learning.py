@@ -8,7 +8,8 @@ Every arm starts from the preset's warm start (`rlkit.envs.warmup.warm_start_for
 player's episodes) and runs RL with the preset's recipe:
 - `guess`: `guess-number-tiny` (guess 1-7 in three turns, answers "higher 5-7" / "lower 1-3");
 - `guess-random`: the control: the same run, each episode's reward replaced by a coin flip of the warm
-  start's success rate, which must not teach the game (the gain is the reward's doing);
+  start's success rate paid whatever the play, which must not teach the game (the gain is the reward's
+  doing; its sampled "success" is the coin's rate);
 - `calculator`: `calculator-tiny` (2-digit products, a multiply tool); it also measures the same model on the
   same eval rows without the tool (one turn, the task's own rule).
 Reports greedy success on the eval split before and after, and the sampled success (and tool calls) of the
@@ -25,14 +26,19 @@ from pathlib import Path
 
 
 def coin_flip(env_class, p: float, seed: int):
-    """`env_class` with each finished episode's reward replaced by a coin flip of probability `p`."""
+    """`env_class` whose rewards are replaced by one coin flip of probability `p` per episode, paid on its first
+    step whatever the policy does (the game is played and ends as before): a reward that carries no
+    information about the policy's play."""
     rng = random.Random(seed)
 
     class CoinFlip(env_class):
+        def reset(self, sample):
+            self.coin, self.first = float(rng.random() < p), True
+            return super().reset(sample)
+
         def step(self, action_text):
             result = super().step(action_text)
-            if result.done:
-                result.reward = float(rng.random() < p)
+            result.reward, self.first = (self.coin if self.first else 0.0), False
             return result
 
     CoinFlip.__name__ = f"CoinFlip{env_class.__name__}"
