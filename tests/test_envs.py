@@ -127,3 +127,16 @@ def test_python_tool_runs_model_code_within_its_limits():
     assert "runpy" not in text and "<string>" not in text and "rlkit-sandbox-" not in text
     with pytest.raises(ValueError, match="timeout_s"):
         python_tool(timeout_s=0)
+
+
+def test_answer_tool_calls_runs_counts_and_passes_on_a_turn_without_calls():
+    from rlkit.envs import answer_tool_calls
+
+    assert answer_tool_calls("the answer is 12", [multiply]) is None
+    result = answer_tool_calls('<tool_call>{"name": "multiply", "arguments": {"a": 3, "b": 4}}</tool_call>'
+                               '<tool_call>{"name": "multiply", "arguments": {"a": 3}}</tool_call><tool_call>oops',
+                               [multiply])
+    assert result.observation[0] == {"role": "tool", "content": "12"}
+    assert result.observation[1]["content"].startswith("Error: bad arguments for multiply")
+    assert result.observation[2]["content"].startswith("Error: a <tool_call> tag is never closed")
+    assert result.info == {"tool_calls": 3, "tool_errors": 2} and not result.done and result.reward == 0.0

@@ -30,8 +30,9 @@ from rlkit.envs.base import Env, StepResult, check_step_result
 from rlkit.envs.builtin import BUILTIN_ENVS, builtin_env
 from rlkit.envs.rollout import EnvError, EnvRollout
 from rlkit.envs.sandbox import SandboxResult, python_tool, run_python
-from rlkit.envs.tools import ToolCall, ToolCallError, parse_tool_calls, run_tool_call, tool_schema
+from rlkit.envs.tools import (ToolCall, ToolCallError, answer_tool_calls, parse_tool_calls, run_tool_call,
+                              tool_schema)
 
 __all__ = ["Env", "StepResult", "check_step_result", "EnvRollout", "EnvError", "BUILTIN_ENVS", "builtin_env",
-           "ToolCall", "ToolCallError", "parse_tool_calls", "run_tool_call", "tool_schema", "SandboxResult",
+           "ToolCall", "ToolCallError", "answer_tool_calls", "parse_tool_calls", "run_tool_call", "tool_schema", "SandboxResult",
            "run_python", "python_tool"]

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from rlkit.envs.base import StepResult
 from rlkit.envs.builtin import WarmStart
-from rlkit.envs.tools import parse_tool_calls, run_tool_call
+from rlkit.envs.tools import answer_tool_calls
 
 _NUMBER = re.compile(r"-?\d+")
 
@@ -47,12 +47,9 @@ class Calculator:
         return info.get("question") or f"{info['a']}*{info['b']}="
 
     def step(self, action_text: str) -> StepResult:
-        calls = parse_tool_calls(action_text)
-        if calls:
-            replies = [run_tool_call(call, {fn.__name__: fn for fn in self.tools}) for call in calls]
-            return StepResult([{"role": "tool", "content": text} for text, _ in replies],
-                              info={"tool_calls": len(calls), "tool_errors": sum(not ok for _, ok in replies)})
-        return StepResult(None, reward=float(last_number(action_text) == self.answer), done=True)
+        # tool calls are answered with their results (and counted); a turn without one is the answer
+        return answer_tool_calls(action_text, self.tools) or \
+            StepResult(None, reward=float(last_number(action_text) == self.answer), done=True)
 
 
 def tool_call_text(a: int, b: int) -> str:

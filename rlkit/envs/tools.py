@@ -103,4 +103,20 @@ def run_tool_call(call: ToolCall, tools: dict[str, Callable]) -> tuple[str, bool
     return result if isinstance(result, str) else json.dumps(result), True
 
 
-__all__ = ["ToolCall", "ToolCallError", "tool_schema", "parse_tool_calls", "run_tool_call"]
+def answer_tool_calls(action_text: str, tools: list[Callable]):
+    """The environment's answer to a policy turn that calls tools, or None when it calls none: every call run
+    (`run_tool_call`), each result a "tool" message, and the counts in `info` (`tool_calls`, `tool_errors`:
+    the rollout logs their means per episode as env/tool_calls, env/tool_errors). An environment's `step`
+    starts with it: `return answer_tool_calls(text, self.tools) or self.judge(text)`."""
+    from rlkit.envs.base import StepResult
+
+    calls = parse_tool_calls(action_text)
+    if not calls:
+        return None
+    by_name = {fn.__name__: fn for fn in tools}
+    replies = [run_tool_call(call, by_name) for call in calls]
+    return StepResult([{"role": "tool", "content": text} for text, _ in replies],
+                      info={"tool_calls": len(calls), "tool_errors": sum(not ok for _, ok in replies)})
+
+
+__all__ = ["ToolCall", "ToolCallError", "tool_schema", "parse_tool_calls", "run_tool_call", "answer_tool_calls"]
