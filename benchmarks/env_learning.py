@@ -65,12 +65,12 @@ def run(arm: str, *, seed: int, steps: int, algo: str, temperature: float | None
         env = coin_flip(builtin_env("guess_number"), p=0.53, seed=seed)  # the warm start's sampled success
     start = time.perf_counter()
     with rlkit.Session(cfg, env=env) as s:
-        played = s.env_rollout.make_env
-        s.env_rollout.make_env = builtin_env(preset.removesuffix("-tiny").replace("-", "_"))  # greedy games: the real rule
+        played, real = s.env_rollout.make_env, builtin_env(cfg.env.name)
+        s.env_rollout.make_env = real  # greedy games: scored by the real rule
         row["greedy_before"] = s.evaluate()["eval/accuracy"]
         s.env_rollout.make_env = played
         history = s.train(steps)
-        s.env_rollout.make_env = builtin_env(preset.removesuffix("-tiny").replace("-", "_"))
+        s.env_rollout.make_env = real
         row["greedy_after"] = s.evaluate()["eval/accuracy"]
     row["seconds"] = round(time.perf_counter() - start, 1)
 

@@ -33,22 +33,29 @@ class Env(Protocol):
         ...
 
 
-def check_step_result(result: Any, *, env: str, sample: int, turn: int) -> StepResult:
-    """`result` as a StepResult, or a TypeError naming the environment, the sample and the turn."""
-    where = f"environment {env}, sample {sample}, turn {turn}"
+def as_step_result(result: Any) -> StepResult:
+    """`result` as a StepResult (reward a float, done a bool), or a TypeError saying what is wrong with it."""
     if not isinstance(result, StepResult):
-        raise TypeError(f"{where}: step() returned {type(result).__name__}, expected rlkit.envs.StepResult"
+        raise TypeError(f"step() returned {type(result).__name__}, expected rlkit.envs.StepResult"
                         "(observation, reward, done, info)")
     obs = result.observation
     if obs is not None and not isinstance(obs, str) and not (
             isinstance(obs, list) and all(isinstance(m, dict) and "role" in m and "content" in m for m in obs)):
-        raise TypeError(f"{where}: the observation is {type(obs).__name__}; it must be a string, a list of chat "
+        raise TypeError(f"the observation is {type(obs).__name__}; it must be a string, a list of chat "
                         "messages ({'role': ..., 'content': ...}) or None")
     try:
         reward = float(result.reward)
     except (TypeError, ValueError):
-        raise TypeError(f"{where}: the reward {result.reward!r} is not a number") from None
+        raise TypeError(f"the reward {result.reward!r} is not a number") from None
     return StepResult(obs, reward, bool(result.done), dict(result.info or {}))
 
 
-__all__ = ["Env", "StepResult", "check_step_result"]
+def check_step_result(result: Any, *, env: str, sample: int, turn: int) -> StepResult:
+    """`as_step_result`, its TypeError naming the environment, the sample and the turn."""
+    try:
+        return as_step_result(result)
+    except TypeError as err:
+        raise TypeError(f"environment {env}, sample {sample}, turn {turn}: {err}") from None
+
+
+__all__ = ["Env", "StepResult", "as_step_result", "check_step_result"]

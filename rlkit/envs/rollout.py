@@ -29,7 +29,7 @@ from typing import Any, Callable
 import torch
 
 from rlkit.batch import Batch
-from rlkit.envs.base import check_step_result
+from rlkit.envs.base import as_step_result
 from rlkit.envs.calls import CallTimeout, run_calls
 from rlkit.envs.turns import TurnEncoder
 
@@ -168,7 +168,7 @@ class EnvRollout:
             try:
                 if outcome.error is not None:
                     raise outcome.error
-                result = check_step_result(outcome.value, env=self.name, sample=e.row, turn=turn + 1)
+                result = as_step_result(outcome.value)  # _fail names the place
             except Exception as err:  # noqa: BLE001 - every failure is the environment's, named and counted
                 self._fail(e, err, "step", turn + 1)
                 continue
@@ -197,11 +197,8 @@ class EnvRollout:
     def _fail(self, e: Episode, err: BaseException, call: str, turn: int) -> None:
         """An environment failure: raise it (env.on_error = "raise") or end the episode where it is ("end")."""
         what = "timed out" if isinstance(err, CallTimeout) else f"{type(err).__name__}"
-        detail = str(err)
-        if detail.startswith("environment "):  # check_step_result named the place already
-            detail = detail.split(": ", 1)[-1]
         message = (f"environment {self.name}, sample {e.row} ({_describe(e.sample)}; episode {e.copy} of its "
-                   f"group), turn {turn}: {call}() {what}: {detail}")
+                   f"group), turn {turn}: {call}() {what}: {err}")
         if self.cfg.on_error == "raise":
             raise EnvError(message + ' (env.on_error = "end" ends such an episode and goes on)') from err
         e.error, e.finished = message, True
